@@ -1,0 +1,141 @@
+// Shared by the CPU kernels (host C++) and the CUDA kernels (nvcc); includes no torch headers.
+#pragma once
+
+#if defined(__CUDACC__)
+#define KX_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define KX_HOST_DEVICE inline
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace kx {
+
+// Storage dtypes the kernels are instantiated for; the glue maps torch dtypes onto these.
+enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+
+// Accumulation type: fp32 for every storage type narrower than fp64.
+template <typename T> struct acc_type { using type = float; };
+template <> struct acc_type<double> { using type = double; };
+template <typename T> using acc_t = typename acc_type<T>::type;
+
+namespace detail {
+KX_HOST_DEVICE float bits_to_float(int32_t i) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(i);
+#else
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+#endif
+}
+KX_HOST_DEVICE int32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(f);
+#else
+  int32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+#endif
+}
+
+// Branch-free exp for fp32 on the host: the libm call blocks auto-vectorisation, this does not.
+// Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2, then a degree-6 minimax polynomial
+// (Cephes expf coefficients); max error ~2 ulp on the normal range. Saturates to 0 / inf.
+inline float exp_f32_host(float x) {
+  const float hi = 88.3762626647949f, lo = -103.972084045410f;
+  const bool over = x > hi, under = x < lo;
+  x = x > hi ? hi : (x < lo ? lo : x);
+  // Round to nearest by the 1.5·2^23 trick: vectorises without SSE4.1, exact for |x·log2e| < 2^22.
+  const float magic = 12582912.0f;
+  float k = (x * 1.44269504088896341f + magic) - magic;
+  float r = x - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // Scale by 2^k in two halves so k down to -150 (subnormal results) stays exact.
+  int32_t ki = static_cast<int32_t>(k);
+  int32_t k1 = ki >> 1, k2 = ki - k1;
+  float y = p * bits_to_float((k1 + 127) << 23) * bits_to_float((k2 + 127) << 23);
+  y = over ? INFINITY : y;
+  return under ? 0.0f : y;
+}
+
+// Branch-free log1p for fp32 on the host, for arguments in [0, 1] (all our callers pass e^{-|a|}).
+// log1p(z) = log(m·2^e) with m in [sqrt(.5), sqrt(2)); Cephes logf polynomial; the rounding error
+// of 1+z is corrected with (z - (u-1))/u so tiny z keep full relative accuracy.
+inline float log1p_unit_f32_host(float z) {
+  float u = 1.0f + z;
+  float corr = (z - (u - 1.0f)) / u;
+  int32_t bits = float_to_bits(u);
+  int32_t e = ((bits >> 23) & 0xff) - 126;
+  float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);  // m in [0.5, 1)
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1 : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  float m2 = m * m;
+  float p = 7.0376836292e-2f;
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  float y = p * m * m2;
+  float fe = static_cast<float>(e);
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * m2;
+  float r = m + y + 0.693359375f * fe;
+  return r + corr;
+}
+}  // namespace detail
+
+// exp/log1p used by all kernels. Device code and fp64 use the libm versions; fp32 on the host uses
+// the vectorisable versions above.
+KX_HOST_DEVICE float exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
+#else
+  return detail::exp_f32_host(x);
+#endif
+}
+KX_HOST_DEVICE double exp(double x) { return ::exp(x); }
+
+// log(1 + z) for z in [0, 1].
+KX_HOST_DEVICE float log1p_unit(float z) {
+#if defined(__CUDA_ARCH__)
+  return ::log1pf(z);
+#else
+  return detail::log1p_unit_f32_host(z);
+#endif
+}
+KX_HOST_DEVICE double log1p_unit(double z) { return ::log1p(z); }
+
+template <typename A> KX_HOST_DEVICE A abs(A x) { return x < A(0) ? -x : x; }
+template <typename A> KX_HOST_DEVICE A min(A a, A b) { return a < b ? a : b; }
+
+// Numerically safe sigmoid pieces from one exponential: z = e^{-|a|} in (0, 1].
+template <typename A> KX_HOST_DEVICE A sigmoid_from(A a, A z) {
+  A inv = A(1) / (A(1) + z);
+  return a >= A(0) ? inv : z * inv;
+}
+// log sigmoid(a) = min(a, 0) - log(1 + e^{-|a|})
+template <typename A> KX_HOST_DEVICE A log_sigmoid_from(A a, A z) {
+  return min(a, A(0)) - log1p_unit(z);
+}
+// tanh(a) = sign(a)·(1 - e^{-2|a|}) / (1 + e^{-2|a|}), from z = e^{-2|a|}.
+template <typename A> KX_HOST_DEVICE A tanh_from(A a, A z) {
+  A t = (A(1) - z) / (A(1) + z);
+  return a < A(0) ? -t : t;
+}
+
+}  // namespace kx

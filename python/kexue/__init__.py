@@ -1,0 +1,18 @@
+"""kexue: fused CUDA/C++ torch operators and models for classic generative modelling."""
+from __future__ import annotations
+
+from kexue._loader import load as _load
+
+_C = _load()
+
+from kexue import ops  # noqa: E402  (registers fake/autograd kernels on the loaded ops)
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info() -> dict:
+    """How the compiled library was built: version, torch version, CUDA kernels and archs."""
+    return dict(_C.build_info())
+
+
+__all__ = ["ops", "build_info", "__version__"]

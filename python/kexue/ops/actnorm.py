@@ -1,0 +1,81 @@
+"""ActNorm (Glow): per-channel ``y = (x + b)·e^{log_s}`` with log-det ``H·W·Σ log_s``.
+
+``actnorm`` runs fused kernels (csrc/kexue/actnorm.h holds the math); ``reference_actnorm`` is
+the same map in plain PyTorch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+
+from kexue.ops._common import acc_dtype, empty_grad, zeros_if_none
+
+Tensor = torch.Tensor
+
+
+def actnorm(x: Tensor, bias: Tensor, log_scale: Tensor, *, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """Per-channel affine over dim 1 of ``x`` ([B, C, ...]) with its log-determinant.
+
+    Forward ``y = (x + bias)·exp(log_scale)``; reverse ``x = y·exp(−log_scale) − bias``.
+    ``bias`` and ``log_scale`` are ``[C]`` and may stay fp32 while ``x`` is fp16/bf16.
+    Returns ``(y, logdet)`` with ``logdet[B] = ±(spatial size)·Σ log_scale`` (fp32 for half x).
+    """
+    return torch.ops.kexue.actnorm(x, bias, log_scale, bool(reverse))
+
+
+@torch.library.register_fake("kexue::actnorm")
+def _actnorm_fake(x, bias, log_scale, reverse):
+    torch._check(x.dim() >= 2, lambda: "kexue.actnorm: x must be [batch, channels, ...]")
+    return torch.empty_like(x), x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
+
+
+@torch.library.register_fake("kexue::actnorm_backward")
+def _actnorm_backward_fake(grad_out, grad_logdet, x, bias, log_scale, reverse, output_mask):
+    acc = acc_dtype(x.dtype)
+    param = bias.new_empty(bias.shape, dtype=acc)
+    return (
+        empty_grad(x, output_mask[0]),
+        empty_grad(param, output_mask[1]),
+        empty_grad(param, output_mask[2]),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, bias, log_scale, reverse = inputs
+    ctx.save_for_backward(x, bias, log_scale)
+    ctx.reverse = reverse
+
+
+def _backward(ctx, grad_out, grad_logdet):
+    x, bias, log_scale = ctx.saved_tensors
+    grad_out = zeros_if_none(grad_out, x)
+    if grad_logdet is None:
+        grad_logdet = x.new_zeros((x.shape[0],), dtype=acc_dtype(x.dtype))
+    want = list(ctx.needs_input_grad[:3])
+    gx, gb, gls = torch.ops.kexue.actnorm_backward(
+        grad_out, grad_logdet, x, bias, log_scale, ctx.reverse, want
+    )
+    return (
+        gx if want[0] else None,
+        gb.to(bias.dtype) if want[1] else None,
+        gls.to(log_scale.dtype) if want[2] else None,
+        None,
+    )
+
+
+torch.library.register_autograd("kexue::actnorm", _backward, setup_context=_setup_context)
+
+
+def reference_actnorm(x: Tensor, bias: Tensor, log_scale: Tensor, *, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """``actnorm`` written with plain torch ops."""
+    acc = acc_dtype(x.dtype)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    b, ls = bias.to(acc).view(shape), log_scale.to(acc).view(shape)
+    xa = x.to(acc)
+    out = xa * torch.exp(-ls) - b if reverse else (xa + b) * torch.exp(ls)
+    spatial = math.prod(x.shape[2:])
+    ld = log_scale.to(acc).sum() * spatial
+    logdet = (-ld if reverse else ld).expand(x.shape[0])
+    return out.to(x.dtype), logdet
