@@ -39,7 +39,10 @@ void forward_impl(const coupling::Args& a) {
   A* logdet = static_cast<A*>(a.logdet);
   const A clamp = static_cast<A>(a.clamp);
   const Tiling tl = tiling(B, N);
-  std::vector<A> partial(B * tl.chunks, A(0));
+  // Vector lanes sum kSub elements each in A; blocks and chunks are added in double, so fp32
+  // log-dets of large images stay as accurate as torch's cascaded sums.
+  constexpr int64_t kSub = 1024;
+  std::vector<double> partial(B * tl.chunks, 0.0);
 
   at::parallel_for(0, B * tl.chunks, tl.grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -47,22 +50,27 @@ void forward_impl(const coupling::Args& a) {
       const int64_t len = std::min(N - j0, kChunk);
       const int64_t off = n * N + j0;
       const uint8_t* __restrict__ m = Masked ? a.mask + (a.mask_per_batch ? off : j0) : nullptr;
-      A ld = A(0);
+      double total = 0.0;
+      for (int64_t b0 = 0; b0 < len; b0 += kSub) {
+        const int64_t b1 = std::min(len, b0 + kSub);
+        A ld = A(0);
 #pragma omp simd reduction(+ : ld)
-      for (int64_t j = 0; j < len; ++j) {
-        const A sj = K == Scale::None ? A(0) : static_cast<A>(s[off + j]);
-        const A tj = HasT ? static_cast<A>(t[off + j]) : A(0);
-        const bool masked = Masked ? m[j] != 0 : false;
-        y[off + j] = static_cast<T>(coupling::forward_elem<K, Reverse>(
-            static_cast<A>(x[off + j]), sj, tj, masked, clamp, ld));
+        for (int64_t j = b0; j < b1; ++j) {
+          const A sj = K == Scale::None ? A(0) : static_cast<A>(s[off + j]);
+          const A tj = HasT ? static_cast<A>(t[off + j]) : A(0);
+          const bool masked = Masked ? m[j] != 0 : false;
+          y[off + j] = static_cast<T>(coupling::forward_elem<K, Reverse>(
+              static_cast<A>(x[off + j]), sj, tj, masked, clamp, ld));
+        }
+        total += static_cast<double>(ld);
       }
-      partial[task] = ld;
+      partial[task] = total;
     }
   });
   for (int64_t n = 0; n < B; ++n) {
-    A sum = A(0);
+    double sum = 0.0;
     for (int64_t c = 0; c < tl.chunks; ++c) sum += partial[n * tl.chunks + c];
-    logdet[n] = sum;
+    logdet[n] = static_cast<A>(sum);
   }
 }
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -136,5 +137,5 @@ def reference_coupling(
         keep = mask != 0
         out = torch.where(keep, x, out)
         ld = torch.where(keep, torch.zeros_like(ld), ld)
-    logdet = ld.to(acc_dtype(x.dtype)).reshape(x.shape[0], -1).sum(1)
+    logdet = ld.to(acc_dtype(x.dtype)).reshape(x.shape[0], math.prod(x.shape[1:])).sum(1)
     return out, logdet

@@ -1,0 +1,52 @@
+# `make demo` and `make test` set everything up on a fresh machine: a .venv that reuses any torch
+# already installed (e.g. a CUDA build on a GPU machine), torch==2.13.0 only when none is
+# importable, the build/test tools only when missing, then an editable build of kexue.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+NVCC   ?= nvcc
+# module:package pairs installed only when the module cannot be imported
+DEPS   := scikit_build_core:scikit-build-core pybind11:pybind11 ninja:ninja pytest:pytest \
+          hypothesis:hypothesis numpy:numpy
+
+.PHONY: demo test test-cuda bench wheel build deps cuda-check clean
+
+demo: build
+	$(PY) -m kexue.cli demo
+
+test: build
+	$(PY) -m pytest -q
+
+test-cuda: build
+	$(PY) -m pytest -q -m cuda
+
+bench: build
+	$(PY) -m kexue.cli bench --json bench/out/latest.json
+
+wheel: deps
+	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+build: deps
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+deps: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	@missing=$$($(PY) -c "import importlib.util as u, sys; print(' '.join(p for m, p in (a.split(':') for a in sys.argv[1:]) if u.find_spec(m) is None))" $(DEPS)); \
+	if [ -n "$$missing" ]; then echo "installing: $$missing"; $(PIP) install -q $$missing; fi
+
+# Every CUDA source compiles for sm_80 and sm_90 with plain nvcc: they include no torch headers.
+cuda-check:
+	@command -v $(NVCC) >/dev/null || { echo "cuda-check: $(NVCC) not found"; exit 1; }
+	@set -e; for f in csrc/cuda/*.cu; do \
+	  echo "nvcc sm_80,sm_90: $$f"; \
+	  $(NVCC) -std=c++17 -Icsrc --threads 2 -Werror all-warnings \
+	    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+	    -c $$f -o /dev/null; \
+	done
+
+clean:
+	rm -rf build dist .pytest_cache
