@@ -5,6 +5,8 @@
 #include <sstream>
 #include <string>
 
+#include "cpu/isa.h"
+
 namespace py = pybind11;
 
 namespace {
@@ -23,7 +25,29 @@ py::dict build_info() {
   while (std::getline(ss, item, ','))
     if (!item.empty()) archs.append(item);
   d["cuda_archs"] = archs;
+  d["cpu_isa"] = kx::cpu::isa_name(kx::cpu::active_isa());
   return d;
+}
+
+using kx::cpu::Isa;
+constexpr Isa kIsas[] = {Isa::Base, Isa::Avx2, Isa::Avx512};
+
+py::list cpu_isas() {
+  py::list out;
+  for (Isa isa : kIsas)
+    if (kx::cpu::isa_available(isa)) out.append(kx::cpu::isa_name(isa));
+  return out;
+}
+
+void set_cpu_isa(const std::string& name) {
+  for (Isa isa : kIsas) {
+    if (name == kx::cpu::isa_name(isa)) {
+      if (!kx::cpu::set_isa(isa))
+        throw py::value_error("CPU instruction set '" + name + "' is not supported on this machine");
+      return;
+    }
+  }
+  throw py::value_error("unknown CPU instruction set '" + name + "'; expected base, avx2 or avx512");
 }
 }  // namespace
 
@@ -31,5 +55,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "kexue compiled operators";
   m.def("build_info", &build_info,
         "Version, the torch version this library was built against, whether CUDA kernels are "
-        "compiled in, and their CUDA architectures.");
+        "compiled in, their CUDA architectures, and the CPU instruction set in use.");
+  m.def("cpu_isas", &cpu_isas, "CPU instruction sets this build and this CPU can run.");
+  m.def("set_cpu_isa", &set_cpu_isa,
+        "Run the CPU kernels with this instruction set (base, avx2, avx512); for tests and "
+        "benchmarks. The environment variable KEXUE_CPU_ISA sets it at start-up.");
 }

@@ -20,10 +20,12 @@ def device(request):
     return request.param
 
 
-def low_precision_ok(ours, ref_low, ref_hi, atol=1e-3):
-    """The flash-attention rule: our low-precision result is no further from the fp32/fp64 truth
-    than twice the error of the reference evaluated in the same low precision (plus a floor)."""
+def low_precision_ok(ours, ref_low, ref_hi, atol=1e-3, rtol=1e-6):
+    """The flash-attention rule: our low-precision result is no further from the fp64 truth than
+    twice the error of the reference evaluated in the same low precision, plus a floor of
+    atol + rtol·max|truth| (large sums in fp32 carry ~1e-7 relative error whoever computes them)."""
     ours, ref_low, ref_hi = (t.double() for t in (ours, ref_low, ref_hi))
     err_ours = (ours - ref_hi).abs().max().item()
     err_ref = (ref_low - ref_hi).abs().max().item()
-    return err_ours <= 2 * err_ref + atol, (err_ours, err_ref)
+    floor = atol + rtol * (ref_hi.abs().max().item() if ref_hi.numel() else 0.0)
+    return err_ours <= 2 * err_ref + floor, (err_ours, err_ref, floor)

@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kexue
 from conftest import low_precision_ok
 from kexue.ops import coupling, reference_coupling
 
@@ -258,6 +259,41 @@ def test_bad_inputs():
         coupling(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))
     with pytest.raises(RuntimeError, match="grad_logdet must have shape"):
         torch.ops.kexue.coupling_backward(x, torch.zeros(3), x, s, t, None, "exp", False, 0.0, [True, True, True])
+
+
+@pytest.fixture
+def restore_cpu_isa():
+    before = kexue.build_info()["cpu_isa"]
+    yield
+    kexue._C.set_cpu_isa(before)
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_every_cpu_isa_matches_reference(isa, restore_cpu_isa):
+    if isa not in kexue._C.cpu_isas():
+        pytest.skip(f"this CPU or build has no {isa}")
+    kexue._C.set_cpu_isa(isa)
+    assert kexue.build_info()["cpu_isa"] == isa
+    for dtype in (torch.float32, torch.float64):
+        for scale in SCALES:
+            for reverse in (False, True):
+                shape = (3, 5, 7, 9)  # 315 per sample: vector bodies and scalar tails
+                x, s, t = inputs(shape, scale, dtype, requires_grad=True)
+                mask = make_mask("sample", shape, "cpu")
+                y, ld = coupling(x, s, t, scale=scale, reverse=reverse, mask=mask)
+                grads = torch.autograd.grad((y.square().sum() + ld.sum()), [v for v in (x, s, t) if v is not None])
+                yr, ldr = reference_coupling(x, s, t, scale=scale, reverse=reverse, mask=mask)
+                gr = torch.autograd.grad((yr.square().sum() + ldr.sum()), [v for v in (x, s, t) if v is not None])
+                tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(y, yr, **tol)
+                torch.testing.assert_close(ld, ldr, **tol)
+                for a, b in zip(grads, gr):
+                    torch.testing.assert_close(a, b, **tol)
+
+
+def test_unknown_cpu_isa_is_refused():
+    with pytest.raises(ValueError, match="unknown CPU instruction set"):
+        kexue._C.set_cpu_isa("sse9")
 
 
 @settings(max_examples=40, deadline=None)

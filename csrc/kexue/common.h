@@ -1,10 +1,13 @@
 // Shared by the CPU kernels (host C++) and the CUDA kernels (nvcc); includes no torch headers.
 #pragma once
 
+// Internal linkage (static) on purpose: the CPU kernels are compiled once per instruction set
+// (SSE2, AVX2, AVX-512) and each build must keep its own copy of every inline function rather
+// than let the linker merge them into one (which could run AVX-512 code on an AVX2 machine).
 #if defined(__CUDACC__)
-#define KX_HOST_DEVICE __host__ __device__ __forceinline__
+#define KX_HOST_DEVICE static __host__ __device__ __forceinline__
 #else
-#define KX_HOST_DEVICE inline
+#define KX_HOST_DEVICE static inline
 #endif
 
 #include <cmath>
@@ -43,11 +46,11 @@ KX_HOST_DEVICE int32_t float_to_bits(float f) {
 
 // Branch-free exp for fp32 on the host: the libm call blocks auto-vectorisation, this does not.
 // Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2, then a degree-6 minimax polynomial
-// (Cephes expf coefficients); max error ~2 ulp on the normal range. Saturates to 0 / inf.
-inline float exp_f32_host(float x) {
-  const float hi = 88.3762626647949f, lo = -103.972084045410f;
-  const bool over = x > hi, under = x < lo;
-  x = x > hi ? hi : (x < lo ? lo : x);
+// (Cephes expf coefficients); max error ~2 ulp. Overflow to inf and underflow to 0 come out of
+// the two-step scaling by 2^k itself, so the loop needs no selects beyond the clamps (min/max).
+static inline float exp_f32_host(float x) {
+  x = x < -104.0f ? -104.0f : x;  // exp(-104) rounds to 0; NaN passes through both clamps
+  x = x > 89.0f ? 89.0f : x;      // exp(89) overflows to inf
   // Round to nearest by the 1.5·2^23 trick: vectorises without SSE4.1, exact for |x·log2e| < 2^22.
   const float magic = 12582912.0f;
   float k = (x * 1.44269504088896341f + magic) - magic;
@@ -60,26 +63,25 @@ inline float exp_f32_host(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  // Scale by 2^k in two halves so k down to -150 (subnormal results) stays exact.
+  // 2^k in two halves: each factor stays a normal float for k in [-150, 128].
   int32_t ki = static_cast<int32_t>(k);
   int32_t k1 = ki >> 1, k2 = ki - k1;
-  float y = p * bits_to_float((k1 + 127) << 23) * bits_to_float((k2 + 127) << 23);
-  y = over ? INFINITY : y;
-  return under ? 0.0f : y;
+  return p * bits_to_float((k1 + 127) << 23) * bits_to_float((k2 + 127) << 23);
 }
 
-// Branch-free log1p for fp32 on the host, for arguments in [0, 1] (all our callers pass e^{-|a|}).
-// log1p(z) = log(m·2^e) with m in [sqrt(.5), sqrt(2)); Cephes logf polynomial; the rounding error
-// of 1+z is corrected with (z - (u-1))/u so tiny z keep full relative accuracy.
-inline float log1p_unit_f32_host(float z) {
+// Branch-free log1p for fp32 on the host, for z in [0, 1] (all our callers pass e^{-|a|}).
+// log(1 + z) = log(m·2^e) with m in [sqrt(.5), sqrt(2)); Cephes logf polynomial; the rounding
+// error of 1 + z is corrected with (z - (u - 1))/u so tiny z keep full relative accuracy.
+// The mantissa fold (m < sqrt(.5): m ← 2m, e ← e - 1) uses bit masks rather than selects.
+static inline float log1p_unit_f32_host(float z) {
   float u = 1.0f + z;
   float corr = (z - (u - 1.0f)) / u;
   int32_t bits = float_to_bits(u);
   int32_t e = ((bits >> 23) & 0xff) - 126;
   float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);  // m in [0.5, 1)
-  const bool small = m < 0.707106781186547524f;
-  e = small ? e - 1 : e;
-  m = small ? m + m - 1.0f : m - 1.0f;
+  const int32_t small = -static_cast<int32_t>(m < 0.707106781186547524f);  // all ones or 0
+  e += small;
+  m = m + bits_to_float(float_to_bits(m) & small) - 1.0f;
   float m2 = m * m;
   float p = 7.0376836292e-2f;
   p = p * m - 1.1514610310e-1f;

@@ -1,0 +1,175 @@
+"""One benchmark harness for every kexue op: ours vs the eager reference vs
+torch.compile(reference) (vs a peer library where one is installed), timed side by side in one
+run, reported as ratios; on GPU also the achieved bandwidth against the measured copy bandwidth."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.utils.benchmark as tb
+
+
+@dataclass
+class Case:
+    """One benchmark: ``make(device)`` builds the inputs; each variant maps them to outputs.
+
+    For ``mode="fwd+bwd"`` the outputs are back-propagated with fixed random cotangents and
+    ``grad_of`` names which inputs (by position) receive gradients.
+    """
+
+    op: str
+    name: str
+    mode: str  # "fwd" or "fwd+bwd"
+    make: Callable[[str], Sequence]
+    ours: Callable
+    reference: Callable
+    grad_of: Sequence[int] = ()
+    bytes_moved: Callable[[Sequence], int] = lambda inputs: 0
+    peers: Dict[str, Callable] = field(default_factory=dict)
+
+
+def _step(fn: Callable, case: Case, inputs: Sequence) -> Callable[[], object]:
+    """A zero-argument callable running one timed iteration of ``fn`` on ``inputs``."""
+    if case.mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn(*inputs)
+        return run
+    wrt = [inputs[i] for i in case.grad_of]
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    gen = torch.Generator(device=outs[0].device).manual_seed(0)
+    cot = [torch.randn(o.shape, dtype=o.dtype, device=o.device, generator=gen) for o in outs]
+
+    def run():
+        o = fn(*inputs)
+        o = o if isinstance(o, (tuple, list)) else (o,)
+        return torch.autograd.grad(o, wrt, cot)
+
+    return run
+
+
+def time_callable(run: Callable[[], object], device: str, min_time: float = 0.4) -> float:
+    """Median seconds per call: CUDA events on GPU, torch.utils.benchmark on CPU."""
+    if device.startswith("cuda"):
+        for _ in range(5):
+            run()
+        torch.cuda.synchronize()
+        times = []
+        budget_end = None
+        start_all = torch.cuda.Event(enable_timing=True)
+        start_all.record()
+        while True:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            run()
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+            total = sum(times)
+            if (len(times) >= 20 and total >= min_time) or len(times) >= 2000:
+                break
+        del budget_end, start_all
+        return statistics.median(times)
+    run()
+    timer = tb.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_time).median
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (read + write counted)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    sec = time_callable(lambda: dst.copy_(src), device)
+    return 2 * nbytes / sec / 1e9
+
+
+def machine_info(device: str) -> dict:
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
+              min_time: float = 0.4, log: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """Time every case's variants back to back and return one result row per case."""
+    results = []
+    bw = copy_bandwidth(device) if device.startswith("cuda") else None
+    for case in cases:
+        inputs = case.make(device)
+        variants = {"ours": case.ours, "eager": case.reference}
+        if compile_reference:
+            variants["compiled"] = torch.compile(case.reference)
+        variants.update(case.peers)
+        row = {"op": case.op, "case": case.name, "mode": case.mode, "device": device,
+               "dtype": str(inputs[0].dtype).replace("torch.", "")}
+        for label, fn in variants.items():
+            if log:
+                log(f"  {case.op} {case.name} {case.mode}: {label}")
+            row[f"{label}_us"] = time_callable(_step(fn, case, inputs), device, min_time) * 1e6
+        row["x_eager"] = row["eager_us"] / row["ours_us"]
+        if "compiled_us" in row:
+            row["x_compiled"] = row["compiled_us"] / row["ours_us"]
+        moved = case.bytes_moved(inputs)
+        if bw and moved:
+            row["GBps"] = moved / (row["ours_us"] * 1e-6) / 1e9
+            row["copy_GBps"] = bw
+            row["pct_copy_bw"] = 100 * row["GBps"] / bw
+        results.append(row)
+    return results
+
+
+def format_table(results: List[dict]) -> str:
+    """A Markdown table of the results (ratios > 1 mean kexue is faster)."""
+    extra = sorted({k[:-3] for r in results for k in r if k.endswith("_us")} - {"ours", "eager", "compiled"})
+    cols = ["op", "case", "mode", "dtype", "ours µs", "eager µs", "compiled µs"] + [f"{p} µs" for p in extra]
+    cols += ["× eager", "× compiled"]
+    has_bw = any("GBps" in r for r in results)
+    if has_bw:
+        cols += ["GB/s", "% copy BW"]
+
+    def fmt(v):
+        return "—" if v is None else (f"{v:.2f}" if isinstance(v, float) and v < 10 else f"{v:.0f}" if isinstance(v, float) else str(v))
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in results:
+        vals = [r["op"], r["case"], r["mode"], r["dtype"], r.get("ours_us"), r.get("eager_us"), r.get("compiled_us")]
+        vals += [r.get(f"{p}_us") for p in extra]
+        vals += [r.get("x_eager"), r.get("x_compiled")]
+        if has_bw:
+            vals += [r.get("GBps"), r.get("pct_copy_bw")]
+        lines.append("| " + " | ".join(fmt(v) for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: str, results: List[dict], device: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"machine": machine_info(device), "results": results}, f, indent=2)
+    os.replace(tmp, path)
