@@ -2,6 +2,7 @@
 #include <torch/library.h>
 
 #include "cpu/kernels.h"
+#include "ops/autograd.h"
 #include "ops/common.h"
 
 namespace kx {
@@ -115,7 +116,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(
   return {gx, gb, gls};
 }
 
+using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&, bool);
+using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    bool, std::array<bool, 3>);
+
+class ActNormFunction : public torch::autograd::Function<ActNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
+                               const at::Tensor& log_scale, bool reverse) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static auto op = kexue_op<ForwardSig>("kexue::actnorm");
+    auto [y, logdet] = op.call(x, bias, log_scale, reverse);
+    ctx->save_for_backward({x, bias, log_scale});
+    ctx->saved_data["reverse"] = reverse;
+    return {y, logdet};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &bias = saved[1], &log_scale = saved[2];
+    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    const at::Tensor gl = grads[1].defined()
+                              ? grads[1]
+                              : at::zeros({x.size(0)}, x.options().dtype(acc_dtype(x.scalar_type())));
+    const std::array<bool, 3> want = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      ctx->needs_input_grad(2)};
+    static auto op = kexue_op<BackwardSig>("kexue::actnorm_backward");
+    auto [gx, gb, gls] = op.call(gy, gl, x, bias, log_scale, ctx->saved_data["reverse"].toBool(), want);
+    // Parameter gradients come back in the accumulation dtype; hand autograd the parameter's own.
+    return {want[0] ? gx : at::Tensor(), want[1] ? gb.to(bias.scalar_type()) : at::Tensor(),
+            want[2] ? gls.to(log_scale.scalar_type()) : at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> actnorm_autograd(const at::Tensor& x, const at::Tensor& bias,
+                                                    const at::Tensor& log_scale, bool reverse) {
+  auto out = ActNormFunction::apply(x, bias, log_scale, reverse);
+  return {out[0], out[1]};
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(kexue, Autograd, m) { m.impl("actnorm", &actnorm_autograd); }
 
 TORCH_LIBRARY_IMPL(kexue, CPU, m) {
   m.impl("actnorm", &actnorm_forward);

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "cpu/kernels.h"
+#include "ops/autograd.h"
 #include "ops/common.h"
 
 namespace kx {
@@ -166,7 +167,69 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coupling_backward(
   return {gx, gs, gt};
 }
 
+using ForwardSig = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, c10::string_view, bool, double);
+using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, c10::string_view, bool,
+    double, std::array<bool, 3>);
+
+class CouplingFunction : public torch::autograd::Function<CouplingFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const std::optional<at::Tensor>& s,
+                               const std::optional<at::Tensor>& t,
+                               const std::optional<at::Tensor>& mask, const std::string& scale,
+                               bool reverse, double clamp) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static auto op = kexue_op<ForwardSig>("kexue::coupling");
+    auto [y, logdet] = op.call(x, s, t, mask, scale, reverse, clamp);
+    ctx->save_for_backward(
+        {x, value_or_undefined(s), value_or_undefined(t), value_or_undefined(mask)});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["clamp"] = clamp;
+    return {y, logdet};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &s = saved[1], &t = saved[2], &mask = saved[3];
+    // An output nobody used arrives undefined: its gradient is zero.
+    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    const at::Tensor gl = grads[1].defined()
+                              ? grads[1]
+                              : at::zeros({x.size(0)}, x.options().dtype(acc_dtype(x.scalar_type())));
+    // Absent optional inputs get no autograd edge, so edge indices skip them.
+    const size_t s_edge = 1, t_edge = s.defined() ? 2 : 1;
+    const std::array<bool, 3> want = {ctx->needs_input_grad(0),
+                                      s.defined() && ctx->needs_input_grad(s_edge),
+                                      t.defined() && ctx->needs_input_grad(t_edge)};
+    static auto op = kexue_op<BackwardSig>("kexue::coupling_backward");
+    auto [gx, gs, gt] = op.call(gy, gl, x, optional_of(s), optional_of(t), optional_of(mask),
+                                ctx->saved_data["scale"].toStringRef(),
+                                ctx->saved_data["reverse"].toBool(),
+                                ctx->saved_data["clamp"].toDouble(), want);
+    return {want[0] ? gx : at::Tensor(), want[1] ? gs : at::Tensor(),
+            want[2] ? gt : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> coupling_autograd(const at::Tensor& x,
+                                                     const std::optional<at::Tensor>& s,
+                                                     const std::optional<at::Tensor>& t,
+                                                     const std::optional<at::Tensor>& mask,
+                                                     c10::string_view scale, bool reverse,
+                                                     double clamp) {
+  auto out = CouplingFunction::apply(x, s, t, mask, std::string(scale.data(), scale.size()),
+                                     reverse, clamp);
+  return {out[0], out[1]};
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(kexue, Autograd, m) { m.impl("coupling", &coupling_autograd); }
 
 TORCH_LIBRARY_IMPL(kexue, CPU, m) {
   m.impl("coupling", &coupling_forward);

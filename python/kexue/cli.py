@@ -27,7 +27,8 @@ def cmd_bench(args) -> int:
     print(f"# kexue bench on {info.get('gpu', info['cpu'])} ({device}), torch {info['torch']}, "
           f"{info['threads']} threads, {info['date']}")
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
-    results = run_cases(cases, device, compile_reference=not args.no_compile, min_time=args.min_time, log=log)
+    results = run_cases(cases, device, compile_reference=not args.no_compile, min_time=args.min_time,
+                        rounds=args.rounds, log=log)
     print(format_table(results))
     if args.json:
         write_json(args.json, results, device)
@@ -46,7 +47,7 @@ def cmd_demo(args) -> int:
     print()
     print("Coupling-layer microbenchmark (ratios > 1: kexue faster)")
     bench_args = argparse.Namespace(op="coupling", device=args.device, json=args.json, no_compile=args.no_compile,
-                                    min_time=args.min_time, verbose=False)
+                                    min_time=args.min_time, rounds=args.rounds, verbose=False)
     return cmd_bench(bench_args)
 
 
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
         p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
         p.add_argument("--json", default=None, help="also write the results as JSON to this path")
         p.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) column")
-        p.add_argument("--min-time", type=float, default=0.4, help="seconds of timing per variant")
+        p.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per variant and round")
+        p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
 
     p = sub.add_parser("bench", help="microbenchmarks: ours vs eager vs torch.compile(reference)")
     p.add_argument("op", nargs="?", default=None, help="op family (coupling, actnorm) or all")

@@ -62,20 +62,13 @@ def time_callable(run: Callable[[], object], device: str, min_time: float = 0.4)
             run()
         torch.cuda.synchronize()
         times = []
-        budget_end = None
-        start_all = torch.cuda.Event(enable_timing=True)
-        start_all.record()
-        while True:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
+        while len(times) < 20 or (sum(times) < min_time and len(times) < 2000):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
             run()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e) / 1e3)
-            total = sum(times)
-            if (len(times) >= 20 and total >= min_time) or len(times) >= 2000:
-                break
-        del budget_end, start_all
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
         return statistics.median(times)
     run()
     timer = tb.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
@@ -116,8 +109,14 @@ def _cpu_name() -> str:
 
 
 def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
-              min_time: float = 0.4, log: Optional[Callable[[str], None]] = None) -> List[dict]:
-    """Time every case's variants back to back and return one result row per case."""
+              min_time: float = 0.4, rounds: int = 3,
+              log: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """Time every case's variants and return one result row per case.
+
+    The variants of a case are timed in interleaved rounds (ours, eager, compiled, ours, ...) and
+    each reports the median over rounds, so a burst of load on a shared machine hits all of them
+    alike instead of skewing one ratio.
+    """
     results = []
     bw = copy_bandwidth(device) if device.startswith("cuda") else None
     for case in cases:
@@ -126,12 +125,19 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
         if compile_reference:
             variants["compiled"] = torch.compile(case.reference)
         variants.update(case.peers)
-        row = {"op": case.op, "case": case.name, "mode": case.mode, "device": device,
-               "dtype": str(inputs[0].dtype).replace("torch.", "")}
+        steps = {}
         for label, fn in variants.items():
             if log:
-                log(f"  {case.op} {case.name} {case.mode}: {label}")
-            row[f"{label}_us"] = time_callable(_step(fn, case, inputs), device, min_time) * 1e6
+                log(f"  {case.op} {case.name} {case.mode}: preparing {label}")
+            steps[label] = _step(fn, case, inputs)  # first call: compiles where it must
+        times = {label: [] for label in steps}
+        for _ in range(rounds):
+            for label, run in steps.items():
+                times[label].append(time_callable(run, device, min_time))
+        row = {"op": case.op, "case": case.name, "mode": case.mode, "device": device,
+               "dtype": str(inputs[0].dtype).replace("torch.", "")}
+        for label, ts in times.items():
+            row[f"{label}_us"] = statistics.median(ts) * 1e6
         row["x_eager"] = row["eager_us"] / row["ours_us"]
         if "compiled_us" in row:
             row["x_compiled"] = row["compiled_us"] / row["ours_us"]

@@ -9,13 +9,6 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def zeros_if_none(grad, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Autograd passes None for an output nobody used; the kernels want a tensor."""
-    if grad is not None:
-        return grad
-    return torch.zeros(like.shape, dtype=dtype or like.dtype, device=like.device)
-
-
 def empty_grad(like: torch.Tensor, wanted: bool) -> torch.Tensor:
     """What a backward kernel returns for a gradient: full when wanted, else an empty [0]."""
     return torch.empty_like(like) if wanted else like.new_empty(0)

@@ -1,7 +1,8 @@
 """ActNorm (Glow): per-channel ``y = (x + b)·e^{log_s}`` with log-det ``H·W·Σ log_s``.
 
 ``actnorm`` runs fused kernels (csrc/kexue/actnorm.h holds the math); ``reference_actnorm`` is
-the same map in plain PyTorch.
+the same map in plain PyTorch. Fake kernels here; autograd in C++ (csrc/ops/actnorm.cpp), whose
+backward is ``kexue::actnorm_backward``.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Tuple
 
 import torch
 
-from kexue.ops._common import acc_dtype, empty_grad, zeros_if_none
+from kexue.ops._common import acc_dtype, empty_grad
 
 Tensor = torch.Tensor
 
@@ -41,31 +42,6 @@ def _actnorm_backward_fake(grad_out, grad_logdet, x, bias, log_scale, reverse, o
         empty_grad(param, output_mask[2]),
     )
 
-
-def _setup_context(ctx, inputs, output):
-    x, bias, log_scale, reverse = inputs
-    ctx.save_for_backward(x, bias, log_scale)
-    ctx.reverse = reverse
-
-
-def _backward(ctx, grad_out, grad_logdet):
-    x, bias, log_scale = ctx.saved_tensors
-    grad_out = zeros_if_none(grad_out, x)
-    if grad_logdet is None:
-        grad_logdet = x.new_zeros((x.shape[0],), dtype=acc_dtype(x.dtype))
-    want = list(ctx.needs_input_grad[:3])
-    gx, gb, gls = torch.ops.kexue.actnorm_backward(
-        grad_out, grad_logdet, x, bias, log_scale, ctx.reverse, want
-    )
-    return (
-        gx if want[0] else None,
-        gb.to(bias.dtype) if want[1] else None,
-        gls.to(log_scale.dtype) if want[2] else None,
-        None,
-    )
-
-
-torch.library.register_autograd("kexue::actnorm", _backward, setup_context=_setup_context)
 
 
 def reference_actnorm(x: Tensor, bias: Tensor, log_scale: Tensor, *, reverse: bool = False) -> Tuple[Tensor, Tensor]:

@@ -2,6 +2,8 @@
 
 ``coupling`` runs a fused kernel (csrc/kexue/coupling.h holds the math) forward and backward;
 ``reference_coupling`` is the same map in plain PyTorch: the readable spec and the test oracle.
+The fake kernels live here; the autograd kernel is registered in C++ (csrc/ops/coupling.cpp,
+see csrc/ops/autograd.h for why) and calls ``kexue::coupling_backward``.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from kexue.ops._common import acc_dtype, empty_grad, zeros_if_none
+from kexue.ops._common import acc_dtype, empty_grad
 
 SCALES = ("exp", "sigmoid", "tanh", "none")
 Tensor = torch.Tensor
@@ -74,38 +76,6 @@ def _coupling_backward_fake(grad_out, grad_logdet, x, s, t, mask, scale, reverse
         empty_grad(x, output_mask[2] and t is not None),
     )
 
-
-def _setup_context(ctx, inputs, output):
-    x, s, t, mask, scale, reverse, clamp = inputs
-    ctx.save_for_backward(x, s, t, mask)
-    ctx.scale, ctx.reverse, ctx.clamp = scale, reverse, clamp
-
-
-def _backward(ctx, grad_out, grad_logdet):
-    x, s, t, mask = ctx.saved_tensors
-    grad_out = zeros_if_none(grad_out, x)
-    if grad_logdet is None:
-        grad_logdet = x.new_zeros((x.shape[0],), dtype=acc_dtype(x.dtype))
-    want = [
-        ctx.needs_input_grad[0],
-        ctx.needs_input_grad[1] and s is not None,
-        ctx.needs_input_grad[2] and t is not None,
-    ]
-    gx, gs, gt = torch.ops.kexue.coupling_backward(
-        grad_out, grad_logdet, x, s, t, mask, ctx.scale, ctx.reverse, ctx.clamp, want
-    )
-    return (
-        gx if want[0] else None,
-        gs if want[1] else None,
-        gt if want[2] else None,
-        None,
-        None,
-        None,
-        None,
-    )
-
-
-torch.library.register_autograd("kexue::coupling", _backward, setup_context=_setup_context)
 
 
 def reference_coupling(
