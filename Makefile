@@ -38,14 +38,23 @@ deps: $(PY)
 	@missing=$$($(PY) -c "import importlib.util as u, sys; print(' '.join(p for m, p in (a.split(':') for a in sys.argv[1:]) if u.find_spec(m) is None))" $(DEPS)); \
 	if [ -n "$$missing" ]; then echo "installing: $$missing"; $(PIP) install -q $$missing; fi
 
-# Every CUDA source compiles for sm_80 and sm_90 with plain nvcc: they include no torch headers.
-cuda-check:
+# Every CUDA source compiles for sm_80 and sm_90 with plain nvcc (they include no torch headers),
+# and the glue's CUDA-only branches compile against torch's headers with KEXUE_WITH_CUDA set.
+CUDA_INC ?= $(firstword $(wildcard /usr/local/cuda/include /usr/local/cuda-*/include))
+cuda-check: deps
 	@command -v $(NVCC) >/dev/null || { echo "cuda-check: $(NVCC) not found"; exit 1; }
 	@set -e; for f in csrc/cuda/*.cu; do \
 	  echo "nvcc sm_80,sm_90: $$f"; \
 	  $(NVCC) -std=c++17 -Icsrc --threads 2 -Werror all-warnings \
 	    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
 	    -c $$f -o /dev/null; \
+	done
+	@test -n "$(CUDA_INC)" || { echo "cuda-check: CUDA headers not found; set CUDA_INC"; exit 1; }
+	@set -e; ti=$$($(PY) -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'include'))"); \
+	for f in csrc/ops/*.cpp; do \
+	  echo "g++ glue with KEXUE_WITH_CUDA: $$f"; \
+	  $(CXX) -std=c++17 -fsyntax-only -Werror -DKEXUE_WITH_CUDA=1 -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE \
+	    -Icsrc -isystem $$ti -isystem $$ti/torch/csrc/api/include -isystem $(CUDA_INC) $$f; \
 	done
 
 clean:

@@ -7,8 +7,8 @@
 #include "kexue/common.h"
 
 #ifdef KEXUE_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/kernels.h"
 #endif
@@ -55,7 +55,7 @@ inline void check_device_supported(const at::Tensor& t, const char* op) {
 
 #ifdef KEXUE_WITH_CUDA
 inline void* stream_of(const at::Tensor& t) {
-  return static_cast<void*>(at::cuda::getCurrentCUDAStream(t.device().index()).stream());
+  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
 }
 
 inline void check_cuda_launch(int err, const char* op) {
