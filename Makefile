@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 NVCC   ?= nvcc
 # module:package pairs installed only when the module cannot be imported
 DEPS   := scikit_build_core:scikit-build-core pybind11:pybind11 ninja:ninja pytest:pytest \
-          hypothesis:hypothesis numpy:numpy
+          hypothesis:hypothesis numpy:numpy sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm
 
 .PHONY: demo test test-cuda bench wheel build deps cuda-check clean
 

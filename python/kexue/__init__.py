@@ -5,7 +5,8 @@ from kexue._loader import load as _load
 
 _C = _load()
 
-from kexue import ops  # noqa: E402  (registers fake/autograd kernels on the loaded ops)
+from kexue import ops  # noqa: E402  (registers the fake kernels of the loaded ops)
+from kexue import nn  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 
@@ -15,4 +16,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "build_info", "__version__"]
+__all__ = ["ops", "nn", "build_info", "__version__"]

@@ -1,0 +1,16 @@
+"""Layers built on kexue.ops. Flow layers follow ``kexue.nn.base.FlowLayer``."""
+from kexue.nn.actnorm import ActNorm, Scaling
+from kexue.nn.base import FlowLayer
+from kexue.nn.conditioners import MLP, ConvNet
+from kexue.nn.coupling import HalfCoupling, MaskedCoupling, channel_mask, checkerboard_mask
+from kexue.nn.flow import Flow, StandardLogistic, StandardNormal
+from kexue.nn.invconv import InvConv1x1
+from kexue.nn.preprocess import Dequantize, Logit
+from kexue.nn.reshape import Permute, Reverse, Squeeze
+from kexue.nn.split import Split
+
+__all__ = [
+    "ActNorm", "ConvNet", "Dequantize", "Flow", "FlowLayer", "HalfCoupling", "InvConv1x1", "Logit",
+    "MLP", "MaskedCoupling", "Permute", "Reverse", "Scaling", "Split", "Squeeze", "StandardLogistic",
+    "StandardNormal", "channel_mask", "checkerboard_mask",
+]

@@ -1,0 +1,111 @@
+"""``Flow``: a stack of invertible layers over a base distribution, with multi-scale factor-out.
+
+``z, logdet = flow(x)`` maps a batch to the flat latent ``z`` ([B, D]: every factored-out part,
+then the rest, flattened and concatenated); ``flow.inverse(z)`` maps back; ``log_prob``,
+``bits_per_dim`` and ``sample(n, temperature=T)`` follow from the base distribution.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from kexue.nn.base import FlowLayer, Shape, Tensor, check_event, zeros_logdet
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class StandardNormal(nn.Module):
+    """N(0, I) over flat latents."""
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return -0.5 * (z.square().sum(1) + z.shape[1] * LOG_2PI)
+
+    def sample(self, n: int, dim: int, temperature: float, generator, device, dtype) -> Tensor:
+        return temperature * torch.randn(n, dim, generator=generator, device=device, dtype=dtype)
+
+
+class StandardLogistic(nn.Module):
+    """The logistic base distribution of the NICE paper: log p(z) = −Σ log(1 + e^z) + log(1 + e^−z)."""
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return -(torch.nn.functional.softplus(z) + torch.nn.functional.softplus(-z)).sum(1)
+
+    def sample(self, n: int, dim: int, temperature: float, generator, device, dtype) -> Tensor:
+        u = torch.rand(n, dim, generator=generator, device=device, dtype=dtype).clamp(1e-6, 1 - 1e-6)
+        return temperature * (torch.log(u) - torch.log1p(-u))
+
+
+PRIORS = {"normal": StandardNormal, "logistic": StandardLogistic}
+
+
+class Flow(nn.Module):
+    def __init__(self, layers: Sequence[FlowLayer], event_shape: Sequence[int], prior: str = "normal"):
+        super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"Flow: prior must be one of {sorted(PRIORS)}, got {prior!r}")
+        self.layers = nn.ModuleList(layers)
+        self.event_shape = tuple(event_shape)
+        self.prior = PRIORS[prior]()
+        # Walk the shapes once: the factored-out parts' shapes say how to cut z on the way back.
+        shape, factored = self.event_shape, []
+        for layer in self.layers:
+            if getattr(layer, "factors_out", False):
+                factored.append(layer.factored_shape(shape))
+            shape = layer.output_shape(shape)
+        self.factored_shapes: List[Shape] = factored
+        self.final_shape: Shape = shape
+        self.dim = math.prod(self.event_shape)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        check_event(x, self.event_shape, type(self).__name__)
+        h, logdet, parts = x, zeros_logdet(x if x.dtype.is_floating_point else x.float()), []
+        for layer in self.layers:
+            if getattr(layer, "factors_out", False):
+                h, eps, ld = layer(h, context)
+                parts.append(eps.flatten(1))
+            else:
+                h, ld = layer(h, context)
+            logdet = logdet + ld
+        parts.append(h.flatten(1))
+        return torch.cat(parts, dim=1), logdet
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        return self.inverse_with_logdet(z, context)[0]
+
+    def inverse_with_logdet(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        if z.dim() != 2 or z.shape[1] != self.dim:
+            raise ValueError(f"{type(self).__name__}.inverse: expected z of shape [B, {self.dim}], got {list(z.shape)}")
+        sizes = [math.prod(s) for s in self.factored_shapes] + [math.prod(self.final_shape)]
+        chunks = list(z.split(sizes, dim=1))
+        h = chunks.pop().reshape(z.shape[0], *self.final_shape)
+        logdet = zeros_logdet(z)
+        for layer in reversed(self.layers):
+            if getattr(layer, "factors_out", False):
+                shape = self.factored_shapes[len(chunks) - 1]
+                eps = chunks.pop().reshape(z.shape[0], *shape)
+                h, ld = layer.inverse(h, eps, context)
+            else:
+                h, ld = layer.inverse(h, context)
+            logdet = logdet + ld
+        return h, logdet
+
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        z, logdet = self(x, context)
+        return self.prior.log_prob(z) + logdet
+
+    def bits_per_dim(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """Per-sample −log p(x) / (D·ln 2); with a Dequantize layer first this is the discrete
+        bits/dim of the data."""
+        return -self.log_prob(x, context) / (self.dim * math.log(2))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, context: Optional[Tensor] = None,
+               generator: Optional[torch.Generator] = None) -> Tensor:
+        p = next(self.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        dtype = p.dtype if p is not None else torch.float32
+        z = self.prior.sample(n, self.dim, temperature, generator, device, dtype)
+        return self.inverse(z, context)
