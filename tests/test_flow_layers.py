@@ -23,12 +23,12 @@ def jacobian_logdet(fn, x):
     return torch.stack(out)
 
 
-def randomize(module, seed=0):
+def randomize(module, seed=0, scale=0.3):
     """Move every zero-initialised parameter off zero so the layer is not the identity."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return module
 
 

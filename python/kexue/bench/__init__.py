@@ -6,6 +6,13 @@ from kexue.bench.harness import Case, format_table, machine_info, run_cases, wri
 SUITES = {
     "coupling": lambda device: [c for c in flows.cases(device) if c.op == "coupling"],
     "actnorm": lambda device: [c for c in flows.cases(device) if c.op == "actnorm"],
+    "flow-models": lambda device: _flow_models().cases(device),
 }
+
+
+def _flow_models():
+    from kexue.bench import flow_models  # imports the models (and the digits data) lazily
+
+    return flow_models
 
 __all__ = ["Case", "SUITES", "format_table", "machine_info", "run_cases", "write_json"]

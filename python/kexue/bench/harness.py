@@ -25,13 +25,14 @@ class Case:
 
     op: str
     name: str
-    mode: str  # "fwd" or "fwd+bwd"
+    mode: str  # "fwd", "fwd+bwd", or "step" (the variant itself is a whole training step)
     make: Callable[[str], Sequence]
     ours: Callable
     reference: Callable
     grad_of: Sequence[int] = ()
     bytes_moved: Callable[[Sequence], int] = lambda inputs: 0
     peers: Dict[str, Callable] = field(default_factory=dict)
+    compile_reference: bool = True  # False where compiling is not the comparison (whole steps)
 
 
 def _step(fn: Callable, case: Case, inputs: Sequence) -> Callable[[], object]:
@@ -41,6 +42,8 @@ def _step(fn: Callable, case: Case, inputs: Sequence) -> Callable[[], object]:
             with torch.no_grad():
                 return fn(*inputs)
         return run
+    if case.mode == "step":
+        return lambda: fn(*inputs)
     wrt = [inputs[i] for i in case.grad_of]
     outs = fn(*inputs)
     outs = outs if isinstance(outs, (tuple, list)) else (outs,)
@@ -122,7 +125,7 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
     for case in cases:
         inputs = case.make(device)
         variants = {"ours": case.ours, "eager": case.reference}
-        if compile_reference:
+        if compile_reference and case.compile_reference:
             variants["compiled"] = torch.compile(case.reference)
         variants.update(case.peers)
         steps = {}
@@ -134,8 +137,9 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
         for _ in range(rounds):
             for label, run in steps.items():
                 times[label].append(time_callable(run, device, min_time))
+        first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
         row = {"op": case.op, "case": case.name, "mode": case.mode, "device": device,
-               "dtype": str(inputs[0].dtype).replace("torch.", "")}
+               "dtype": str(first.dtype).replace("torch.", "") if first is not None else "float32"}
         for label, ts in times.items():
             row[f"{label}_us"] = statistics.median(ts) * 1e6
         row["x_eager"] = row["eager_us"] / row["ours_us"]

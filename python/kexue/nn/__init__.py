@@ -6,11 +6,11 @@ from kexue.nn.coupling import HalfCoupling, MaskedCoupling, channel_mask, checke
 from kexue.nn.flow import Flow, StandardLogistic, StandardNormal
 from kexue.nn.invconv import InvConv1x1
 from kexue.nn.preprocess import Dequantize, Logit
-from kexue.nn.reshape import Permute, Reverse, Squeeze
+from kexue.nn.reshape import Flatten, Permute, Reverse, Squeeze
 from kexue.nn.split import Split
 
 __all__ = [
-    "ActNorm", "ConvNet", "Dequantize", "Flow", "FlowLayer", "HalfCoupling", "InvConv1x1", "Logit",
+    "ActNorm", "ConvNet", "Dequantize", "Flatten", "Flow", "FlowLayer", "HalfCoupling", "InvConv1x1", "Logit",
     "MLP", "MaskedCoupling", "Permute", "Reverse", "Scaling", "Split", "Squeeze", "StandardLogistic",
     "StandardNormal", "channel_mask", "checkerboard_mask",
 ]

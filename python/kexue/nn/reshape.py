@@ -1,6 +1,7 @@
 """Volume-preserving rearrangements: squeeze, reverse, fixed permutation."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -55,3 +56,20 @@ class Reverse(Permute):
         super().__init__(features)
         self.perm.copy_(torch.arange(features - 1, -1, -1))
         self.inv_perm.copy_(self.perm)
+
+
+class Flatten(FlowLayer):
+    """[C, H, W] (or any event shape) → [D], for flows built on vectors (NICE)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (math.prod(shape),)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        return x.reshape(x.shape[0], -1), zeros_logdet(x)
+
+    def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        return y.reshape(y.shape[0], *self.shape), zeros_logdet(y)

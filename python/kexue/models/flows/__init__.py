@@ -1,0 +1,31 @@
+"""Normalizing-flow models (MODELS.md section A) and their ``kexue train`` entries."""
+from kexue.models.flows.bertflow import BertFlow
+from kexue.models.flows.density import FlowModel
+from kexue.models.flows.fvae import FVAE
+from kexue.models.flows.glow import Glow
+from kexue.models.flows.nice import NICE
+from kexue.models.flows.realnvp import RealNVP
+from kexue.train.registry import register
+
+
+def _builder(cls, **defaults):
+    def build(dataset, **overrides):
+        return cls(dataset.event_shape, dataset.n_levels, **{**defaults, **overrides})
+
+    return build
+
+
+register("nice", _builder(NICE), default_data="digits",
+         description="NICE: additive coupling, diagonal scaling, logistic prior")
+register("realnvp", _builder(RealNVP), default_data="moons",
+         description="RealNVP: affine coupling with checkerboard/channel masks, multi-scale")
+register("glow", _builder(Glow), default_data="digits",
+         description="Glow: ActNorm, invertible 1x1 conv, affine coupling, split priors")
+register("fvae", _builder(FVAE), default_data="digits",
+         description="f-VAE: VAE whose posterior is a flow of N(0, I) (Su & Wu 2018)")
+register("vae-baseline", _builder(FVAE, posterior="gaussian"), default_data="digits",
+         description="the plain Gaussian VAE with f-VAE's encoder/decoder (baseline)")
+register("bertflow", _builder(BertFlow), default_data="8gaussians",
+         description="BERT-flow: vector Glow that Gaussianises sentence embeddings")
+
+__all__ = ["BertFlow", "FVAE", "FlowModel", "Glow", "NICE", "RealNVP"]

@@ -1,0 +1,37 @@
+"""BERT-flow (Li et al. 2020; post 你可能不需要BERT-flow): a Glow on sentence vectors mapping
+the anisotropic embedding distribution to N(0, I); the flowed vectors are compared by cosine.
+
+As in the authors' code: ``levels`` levels of ``depth`` steps (ActNorm → reversal → additive
+coupling with a small MLP), a learned-prior split between levels; the output embedding is the
+whole latent (factored-out parts and the rest)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from kexue.models.flows.density import FlowModel
+from kexue.models.flows.glow import glow_layers
+from kexue.nn import Flow
+
+Tensor = torch.Tensor
+
+
+class BertFlow(FlowModel):
+    def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, levels: int = 2, depth: int = 3,
+                 hidden: int = 32, coupling: str = "additive"):
+        if len(event_shape) != 1:
+            raise ValueError(f"BertFlow: expects embedding vectors [D], got event shape {list(event_shape)}")
+        if n_levels:
+            raise ValueError("BertFlow: embeddings are continuous; n_levels must be None")
+        layers = glow_layers(event_shape, levels, depth, hidden, coupling, "reverse", squeeze=False)
+        super().__init__(Flow(layers, event_shape), None)
+
+    @torch.no_grad()
+    def transform(self, x: Tensor, batch_size: int = 4096) -> Tensor:
+        """The flowed embeddings (eval mode, in batches)."""
+        was = self.training
+        self.eval()
+        out = torch.cat([self.flow(x[i : i + batch_size])[0] for i in range(0, x.shape[0], batch_size)])
+        self.train(was)
+        return out
