@@ -1,7 +1,8 @@
-"""The ``kexue`` command: ``kexue demo``, ``kexue bench [op]``."""
+"""The ``kexue`` command: ``kexue demo``, ``kexue bench [op]``, ``kexue train <model>``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -51,6 +52,80 @@ def cmd_demo(args) -> int:
     return cmd_bench(bench_args)
 
 
+def parse_value(text: str):
+    """A ``--set`` value: true/false/yes/no/on/off, none/null, an int, a float, a JSON list or
+    object, else the string itself."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    if text.strip()[:1] in "[{":
+        import json
+
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_sets(pairs) -> dict:
+    """``["depth=4", "prior=logistic"]`` -> ``{"depth": 4, "prior": "logistic"}``."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        out[key] = parse_value(value)
+    return out
+
+
+def cmd_train(args) -> int:
+    from kexue.train import registry
+
+    if args.list:
+        names = registry.names()
+        if not names:
+            print("no models registered")
+        width = max((len(n) for n in names), default=0)
+        for name in names:
+            entry = registry.get(name)
+            print(f"{name:<{width}}  {entry.description} (default data: {entry.default_data})")
+        return 0
+    missing = [flag for flag, v in (("<model>", args.model), ("--steps", args.steps), ("--out", args.out)) if v is None]
+    if missing:
+        print(f"kexue train: {', '.join(missing)} required (or --list to see the models)", file=sys.stderr)
+        return 2
+    from kexue.train import train
+
+    try:
+        model_kwargs = parse_sets(args.set)
+        result = train(args.model, args.data, steps=args.steps, batch_size=args.batch_size, out_dir=args.out,
+                       lr=args.lr, eval_every=args.eval_every, sample_every=args.sample_every,
+                       checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
+                       progress=not args.no_progress, model_kwargs=model_kwargs or None,
+                       max_grad_norm=args.max_grad_norm, log_every=args.log_every,
+                       eval_batch_size=args.eval_batch_size, device=args.device)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"kexue train: error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        for split in ("train", "test"):
+            vals = ", ".join(f"{k} {v:.4g}" for k, v in result[split].items() if isinstance(v, float))
+            print(f"step {result['step']} {split}: {vals}")
+        print(f"outputs in {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kexue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +146,29 @@ def main(argv=None) -> int:
     p = sub.add_parser("demo", help="build info and the main benchmark")
     common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a registered model (kexue train --list shows them)")
+    p.add_argument("model", nargs="?", default=None, help="registered model name")
+    p.add_argument("--list", action="store_true", help="list the registered models and exit")
+    p.add_argument("--data", default=None, help="toy density name, 'digits' or a .npy path (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps (a resumed run continues to it)")
+    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default 64 for a new run)")
+    p.add_argument("--out", default=None, help="output directory: metrics.jsonl, checkpoint.pt, figures")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--eval-every", type=int, default=None, help="test-set evaluation period (default: at the end)")
+    p.add_argument("--sample-every", type=int, default=None, help="figure period (default: at the end)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint period (default: at the end)")
+    p.add_argument("--log-every", type=int, default=None, help="train-metric period (default ~1%% of the steps)")
+    p.add_argument("--eval-batch-size", type=int, default=None, help="default: the batch size")
+    p.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping norm (default 100)")
+    p.add_argument("--seed", type=int, default=None, help="seed of init, batches and noise (default 0)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available; cpu under torchrun)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option for the model's builder (repeatable)")
+    p.set_defaults(func=cmd_train)
 
     args = parser.parse_args(argv)
     return args.func(args)
