@@ -14,6 +14,7 @@ import kexue.nn.coupling as _coupling_mod
 import kexue.nn.split as _split_mod
 from kexue.bench.harness import Case
 from kexue.ops import reference_actnorm, reference_coupling
+from kexue.train.optim import adam
 
 
 @contextlib.contextmanager
@@ -36,7 +37,7 @@ def _batches(data: torch.Tensor, batch: int, seed: int = 0):
 
 
 def make_step(model, lr: float = 1e-3, reference: bool = False) -> Callable:
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr=lr)
     ctx = reference_ops if reference else contextlib.nullcontext
 
     def step(x):

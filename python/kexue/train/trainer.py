@@ -46,6 +46,7 @@ from torch import nn
 
 from kexue.data import Dataset, get_dataset
 from kexue.train import registry
+from kexue.train.optim import adam
 from kexue.train.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -495,7 +496,7 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
     params = [p for p in core.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{model_name} has no trainable parameters")
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = adam(params, lr=lr)
 
     start = 0
     window_sums: Dict[str, float] = {}
