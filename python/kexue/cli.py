@@ -49,7 +49,15 @@ def cmd_demo(args) -> int:
     print("Coupling-layer microbenchmark (ratios > 1: kexue faster)")
     bench_args = argparse.Namespace(op="coupling", device=args.device, json=args.json, no_compile=args.no_compile,
                                     min_time=args.min_time, rounds=args.rounds, verbose=False)
-    return cmd_bench(bench_args)
+    rc = cmd_bench(bench_args)
+    if rc or args.bench_only:
+        return rc
+    from kexue import demo
+
+    demo.run(args.out, scale=args.scale)
+    print(f"
+all demo outputs are under {args.out}/")
+    return 0
 
 
 def parse_value(text: str):
@@ -143,8 +151,11 @@ def main(argv=None) -> int:
     common(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="build info and the main benchmark")
+    p = sub.add_parser("demo", help="build info, the main benchmark, and short model runs with figures")
     common(p)
+    p.add_argument("--out", default="runs/demo", help="where the demo's runs and figures go")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the demo's training steps")
+    p.add_argument("--bench-only", action="store_true", help="stop after the benchmark")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a registered model (kexue train --list shows them)")
