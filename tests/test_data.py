@@ -279,3 +279,20 @@ def test_npy_dataset_splits(tmp_path):
         get_dataset(tiny, "train")
     with pytest.raises(ValueError, match="split"):
         get_dataset(path, "valid")
+
+
+def test_npy_vectors(tmp_path):
+    from kexue.data import get_dataset, load_npy_vectors
+
+    emb = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float64) * 7
+    path = tmp_path / "emb.npy"
+    np.save(path, emb)
+    v = load_npy_vectors(path)
+    assert v.dtype == torch.float32 and v.shape == (50, 6)
+    train, test = get_dataset(str(path), "train"), get_dataset(str(path), "test")
+    assert train.event_shape == (6,) and train.n_levels is None and len(train.x) == 45 and len(test.x) == 5
+    for bad, match in [(np.zeros((3, 2), dtype=np.int64), "floating point"), (np.array([[np.nan, 1.0]]), "NaN"),
+                       (np.zeros((0, 4)), "no vectors")]:
+        np.save(path, bad)
+        with pytest.raises(ValueError, match=match):
+            load_npy_vectors(path)

@@ -8,9 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kexue.data.images import DIGITS_LEVELS, load_digits, load_npy_images
+from kexue.data.vectors import load_npy_vectors
 from kexue.data.toys import TOY_NAMES, toy_2d, toy_entropy, toy_log_prob
 
 # Toy set sizes when get_dataset is given no n.
@@ -68,7 +70,10 @@ def _toy(name: str, split: str, n: int | None, seed: int) -> Dataset:
 def _npy(path: str, split: str, n: int | None) -> Dataset:
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all'; got {split!r}")
-    images, n_levels = load_npy_images(path)
+    if np.load(path, mmap_mode="r", allow_pickle=False).ndim == 2:
+        images, n_levels = load_npy_vectors(path), None  # [N, D] vectors, e.g. embeddings
+    else:
+        images, n_levels = load_npy_images(path)
     n_train = int(len(images) * NPY_TRAIN_FRACTION)
     part = {"train": images[:n_train], "test": images[n_train:], "all": images}[split]
     if len(part) == 0:
@@ -86,8 +91,10 @@ def get_dataset(
       "test"); "train" uses ``seed`` itself (so it equals ``toy_2d(name, n, seed=seed)``) and
       "test" uses ``seed + 2**31``, so the two never coincide (seed must be < 2**31).
     - "digits": the fixed scikit-learn digits split ("train", "test" or "all"), uint8 images.
-    - a path ending in ".npy": "train" is the first 90% of the images, "test" the last 10%,
-      "all" everything (the file's order decides, so shuffle it beforehand if it is sorted).
+    - a path ending in ".npy": images (see ``load_npy_images``) or, for a 2-D float array,
+      vectors [N, D] such as sentence embeddings (``load_npy_vectors``); "train" is the first
+      90%, "test" the last 10%, "all" everything (the file's order decides, so shuffle it
+      beforehand if it is sorted).
 
     For digits and .npy files, ``n`` keeps the first n examples of the split and ``seed`` is
     unused (their splits are fixed).
@@ -117,4 +124,5 @@ __all__ = [
     "toy_log_prob",
     "load_digits",
     "load_npy_images",
+    "load_npy_vectors",
 ]

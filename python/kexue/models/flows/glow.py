@@ -43,8 +43,10 @@ class Glow(FlowModel):
     vectors ([D]: the same without squeezes). ``coupling="additive"`` gives the volume-preserving
     variant; ``permutation`` picks the 1×1 conv (default), a reversal or a fixed shuffle."""
 
-    def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, levels: int = 2, depth: int = 8,
-                 hidden: int = 64, coupling: str = "affine", permutation: str = "invconv"):
+    def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, levels: Optional[int] = None,
+                 depth: int = 8, hidden: int = 64, coupling: str = "affine", permutation: str = "invconv"):
+        if levels is None:  # images: 2 levels; vectors: one (a split of a 2-D point leaves nothing to couple)
+            levels = 2 if len(event_shape) == 3 or event_shape[0] >= 8 else 1
         layers: List[FlowLayer] = [Dequantize(n_levels)] if n_levels else []
         layers += glow_layers(event_shape, levels, depth, hidden, coupling, permutation, squeeze=len(event_shape) == 3)
         super().__init__(Flow(layers, event_shape), n_levels)
