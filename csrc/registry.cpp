@@ -13,4 +13,28 @@ TORCH_LIBRARY(kexue, m) {
   m.def("actnorm(Tensor x, Tensor bias, Tensor log_scale, bool reverse) -> (Tensor, Tensor)");
   m.def("actnorm_backward(Tensor grad_out, Tensor grad_logdet, Tensor x, Tensor bias, "
         "Tensor log_scale, bool reverse, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // Lipschitz constraints: power iteration for the largest singular value of W [out, in].
+  // Updates u [out] and v [in] in place (torch's order: u <- Wv/|Wv|, v <- W^T u/|W^T u|) and
+  // returns sigma = u^T W v (a 0-d tensor, fp32 for half W).
+  m.def("spectral_norm_power_iteration(Tensor W, Tensor(a!) u, Tensor(b!) v, int n_iter, float eps) "
+        "-> Tensor");
+  // The same for many weights in one call (one sigma per weight, as a [L] tensor).
+  m.def("spectral_norm_power_iteration_grouped(Tensor[] Ws, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter, "
+        "float eps) -> Tensor");
+  // W / max(1, sigma/coeff) (soft) or W / sigma (exact) for a given sigma = u^T W v, with u, v
+  // treated as constants in the gradient. Returns (W_sn, sigma).
+  m.def("spectral_normalize_weight(Tensor W, Tensor u, Tensor v, float coeff, bool exact) -> (Tensor, Tensor)");
+  m.def("spectral_normalize_weight_backward(Tensor grad_out, Tensor grad_sigma, Tensor W, Tensor u, "
+        "Tensor v, float coeff, bool exact) -> Tensor");
+
+  // Invertible ResNets: sum_{k=1..n} (-1)^{k+1} tr(J^k)/k per sample for J [B, D, D].
+  m.def("logdet_power_series(Tensor J, int n_terms) -> Tensor");
+  m.def("logdet_power_series_backward(Tensor grad, Tensor J, int n_terms) -> Tensor");
+  // Hutchinson estimate sum_k (-1)^{k+1} v^T J^k v / k of log det(I + J_g(x)) for the block
+  // g(x) = W2 act(W1 x + b1) + b2; x, v [B, D], W1 [H, D], b1 [H], W2 [D, H], b2 [D].
+  m.def("iresnet_mlp_logdet(Tensor x, Tensor W1, Tensor b1, Tensor W2, Tensor b2, Tensor v, int n_terms, "
+        "str activation) -> Tensor");
+  m.def("iresnet_mlp_logdet_backward(Tensor grad, Tensor x, Tensor W1, Tensor b1, Tensor W2, Tensor v, "
+        "int n_terms, str activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }

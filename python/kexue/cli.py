@@ -55,8 +55,7 @@ def cmd_demo(args) -> int:
     from kexue import demo
 
     demo.run(args.out, scale=args.scale)
-    print(f"
-all demo outputs are under {args.out}/")
+    print(f"\nall demo outputs are under {args.out}/")
     return 0
 
 
