@@ -2,6 +2,7 @@
 #pragma once
 #include "kexue/actnorm.h"
 #include "kexue/coupling.h"
+#include "kexue/spectral_norm.h"
 
 namespace kx {
 namespace cpu {
@@ -9,5 +10,8 @@ void coupling_forward(const coupling::Args& a);
 void coupling_backward(const coupling::GradArgs& a);
 void actnorm_forward(const actnorm::Args& a);
 void actnorm_backward(const actnorm::GradArgs& a);
+void spectral_norm_power_iteration(const sn::PowerArgs& a);
+void spectral_normalize_weight(const sn::NormalizeArgs& a);
+void spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a);
 }  // namespace cpu
 }  // namespace kx

@@ -5,6 +5,7 @@
 
 #include "kexue/actnorm.h"
 #include "kexue/coupling.h"
+#include "kexue/spectral_norm.h"
 
 namespace kx {
 namespace cuda {
@@ -17,5 +18,19 @@ int coupling_backward(const coupling::GradArgs& a, void* stream);
 int actnorm_forward(const actnorm::Args& a, void* stream);
 size_t actnorm_backward_workspace(const actnorm::GradArgs& a);  // bytes, for a.workspace
 int actnorm_backward(const actnorm::GradArgs& a, void* stream);
+
+// Spectral norm power iteration over a table of weights. The planner fills the CUDA fields of
+// each entry (workspace offsets, task ranges) and returns the totals; the glue then copies the
+// table to the device (for more than one weight) and allocates the workspace.
+struct SnPlan {
+  int64_t t_elems, part_elems, row_tasks, col_tasks;
+};
+SnPlan spectral_norm_plan(sn::Entry* entries, int64_t count);
+size_t spectral_norm_workspace(const SnPlan& plan, DType dtype);  // bytes
+int spectral_norm_power_iteration(const sn::PowerArgs& a, const SnPlan& plan, void* stream);
+size_t spectral_normalize_workspace(const sn::NormalizeArgs& a);  // bytes
+int spectral_normalize_weight(const sn::NormalizeArgs& a, void* stream);
+size_t spectral_normalize_backward_workspace(const sn::NormalizeGradArgs& a);  // bytes
+int spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a, void* stream);
 }  // namespace cuda
 }  // namespace kx

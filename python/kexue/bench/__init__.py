@@ -1,5 +1,5 @@
 """Microbenchmarks: ``kexue bench [op]`` or ``python -m kexue.cli bench``."""
-from kexue.bench import flows
+from kexue.bench import flows, spectral_norm
 from kexue.bench.harness import Case, format_table, machine_info, run_cases, write_json
 
 # op family -> function(device) returning its cases
@@ -7,6 +7,7 @@ SUITES = {
     "coupling": lambda device: [c for c in flows.cases(device) if c.op == "coupling"],
     "actnorm": lambda device: [c for c in flows.cases(device) if c.op == "actnorm"],
     "flow-models": lambda device: _flow_models().cases(device),
+    "spectral-norm": spectral_norm.cases,
 }
 
 

@@ -2,5 +2,25 @@
 kernel, its autograd formula, and a pure-PyTorch ``reference_*`` version of the same math."""
 from kexue.ops.actnorm import actnorm, reference_actnorm
 from kexue.ops.coupling import coupling, reference_coupling
+from kexue.ops.spectral_norm import (
+    reference_spectral_norm_power_iteration,
+    reference_spectral_norm_power_iteration_grouped,
+    reference_spectral_normalize,
+    reference_spectral_normalize_weight,
+    spectral_norm_power_iteration,
+    spectral_norm_power_iteration_grouped,
+    spectral_normalize,
+    spectral_normalize_weight,
+)
 
 __all__ = ["coupling", "reference_coupling", "actnorm", "reference_actnorm"]
+__all__ += [
+    "spectral_norm_power_iteration",
+    "spectral_norm_power_iteration_grouped",
+    "spectral_normalize",
+    "spectral_normalize_weight",
+    "reference_spectral_norm_power_iteration",
+    "reference_spectral_norm_power_iteration_grouped",
+    "reference_spectral_normalize",
+    "reference_spectral_normalize_weight",
+]

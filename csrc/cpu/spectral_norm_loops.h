@@ -1,0 +1,206 @@
+// The spectral-norm inner loops over a block of rows of W, torch-free so that the fp32/fp64 ones
+// are compiled once per instruction set (csrc/cpu/isa/spectral_norm.cpp) and the half/bf16 ones
+// in the driver (csrc/cpu/spectral_norm.cpp). Rows go four at a time: the vector v (or the
+// partial sum y) is loaded once per four rows of W and the dot products run as four independent
+// SIMD reductions. Reductions run in a fixed order for a given build: bitwise reproducible.
+#pragma once
+#include "cpu/isa.h"
+#include "kexue/spectral_norm.h"
+
+namespace kx {
+namespace cpu {
+namespace snloops {
+
+// All vectors (v, t, y, e, bu) are in the accumulation type acc_t<T>; W, G, out are T.
+struct Loops {
+  // t[i] = W_i·v for the block's rows; y = Σ_i t[i]·W_i (y is overwritten).
+  void (*fused_rows)(const void* W, int64_t rows, int64_t cols, const void* v, void* t, void* y);
+  // t[i] = W_i·v.
+  void (*dot_rows)(const void* W, int64_t rows, int64_t cols, const void* v, void* t);
+  // t[i] = W_i·v and e[i] = G_i·W_i, reading W and G once.
+  void (*dot2_rows)(const void* W, const void* G, int64_t rows, int64_t cols, const void* v,
+                    void* t, void* e);
+  // out = W / s over n contiguous elements.
+  void (*divide)(const void* W, void* out, int64_t n, double s);
+  // out_ij = a·G_ij + bu[i]·v[j].
+  void (*rank1_rows)(const void* G, void* out, int64_t rows, int64_t cols, double a,
+                     const void* bu, const void* v);
+};
+
+template <typename T>
+static void fused_rows(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp,
+                       void* yp) {
+  using A = acc_t<T>;
+  const T* __restrict__ W = static_cast<const T*>(Wp);
+  const A* __restrict__ v = static_cast<const A*>(vp);
+  A* __restrict__ t = static_cast<A*>(tp);
+  A* __restrict__ y = static_cast<A*>(yp);
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) y[j] = A(0);
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    const T* __restrict__ w0 = W + i * cols;
+    const T* __restrict__ w1 = w0 + cols;
+    const T* __restrict__ w2 = w1 + cols;
+    const T* __restrict__ w3 = w2 + cols;
+    A s0 = A(0), s1 = A(0), s2 = A(0), s3 = A(0);
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t j = 0; j < cols; ++j) {
+      const A vj = v[j];
+      s0 += static_cast<A>(w0[j]) * vj;
+      s1 += static_cast<A>(w1[j]) * vj;
+      s2 += static_cast<A>(w2[j]) * vj;
+      s3 += static_cast<A>(w3[j]) * vj;
+    }
+    t[i] = s0;
+    t[i + 1] = s1;
+    t[i + 2] = s2;
+    t[i + 3] = s3;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j)
+      y[j] += (s0 * static_cast<A>(w0[j]) + s1 * static_cast<A>(w1[j])) +
+              (s2 * static_cast<A>(w2[j]) + s3 * static_cast<A>(w3[j]));
+  }
+  for (; i < rows; ++i) {
+    const T* __restrict__ w0 = W + i * cols;
+    A s0 = A(0);
+#pragma omp simd reduction(+ : s0)
+    for (int64_t j = 0; j < cols; ++j) s0 += static_cast<A>(w0[j]) * v[j];
+    t[i] = s0;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) y[j] += s0 * static_cast<A>(w0[j]);
+  }
+}
+
+template <typename T>
+static void dot_rows(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp) {
+  using A = acc_t<T>;
+  const T* __restrict__ W = static_cast<const T*>(Wp);
+  const A* __restrict__ v = static_cast<const A*>(vp);
+  A* __restrict__ t = static_cast<A*>(tp);
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    const T* __restrict__ w0 = W + i * cols;
+    const T* __restrict__ w1 = w0 + cols;
+    const T* __restrict__ w2 = w1 + cols;
+    const T* __restrict__ w3 = w2 + cols;
+    A s0 = A(0), s1 = A(0), s2 = A(0), s3 = A(0);
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t j = 0; j < cols; ++j) {
+      const A vj = v[j];
+      s0 += static_cast<A>(w0[j]) * vj;
+      s1 += static_cast<A>(w1[j]) * vj;
+      s2 += static_cast<A>(w2[j]) * vj;
+      s3 += static_cast<A>(w3[j]) * vj;
+    }
+    t[i] = s0;
+    t[i + 1] = s1;
+    t[i + 2] = s2;
+    t[i + 3] = s3;
+  }
+  for (; i < rows; ++i) {
+    const T* __restrict__ w0 = W + i * cols;
+    A s0 = A(0);
+#pragma omp simd reduction(+ : s0)
+    for (int64_t j = 0; j < cols; ++j) s0 += static_cast<A>(w0[j]) * v[j];
+    t[i] = s0;
+  }
+}
+
+template <typename T>
+static void dot2_rows(const void* Wp, const void* Gp, int64_t rows, int64_t cols, const void* vp,
+                      void* tp, void* ep) {
+  using A = acc_t<T>;
+  const T* __restrict__ W = static_cast<const T*>(Wp);
+  const T* __restrict__ G = static_cast<const T*>(Gp);
+  const A* __restrict__ v = static_cast<const A*>(vp);
+  A* __restrict__ t = static_cast<A*>(tp);
+  A* __restrict__ e = static_cast<A*>(ep);
+  int64_t i = 0;
+  for (; i + 2 <= rows; i += 2) {
+    const T* __restrict__ w0 = W + i * cols;
+    const T* __restrict__ w1 = w0 + cols;
+    const T* __restrict__ g0 = G + i * cols;
+    const T* __restrict__ g1 = g0 + cols;
+    A s0 = A(0), s1 = A(0), e0 = A(0), e1 = A(0);
+#pragma omp simd reduction(+ : s0, s1, e0, e1)
+    for (int64_t j = 0; j < cols; ++j) {
+      const A vj = v[j];
+      const A a0 = static_cast<A>(w0[j]), a1 = static_cast<A>(w1[j]);
+      s0 += a0 * vj;
+      s1 += a1 * vj;
+      e0 += static_cast<A>(g0[j]) * a0;
+      e1 += static_cast<A>(g1[j]) * a1;
+    }
+    t[i] = s0;
+    t[i + 1] = s1;
+    e[i] = e0;
+    e[i + 1] = e1;
+  }
+  for (; i < rows; ++i) {
+    const T* __restrict__ w0 = W + i * cols;
+    const T* __restrict__ g0 = G + i * cols;
+    A s0 = A(0), e0 = A(0);
+#pragma omp simd reduction(+ : s0, e0)
+    for (int64_t j = 0; j < cols; ++j) {
+      const A a0 = static_cast<A>(w0[j]);
+      s0 += a0 * v[j];
+      e0 += static_cast<A>(g0[j]) * a0;
+    }
+    t[i] = s0;
+    e[i] = e0;
+  }
+}
+
+template <typename T>
+static void divide(const void* Wp, void* outp, int64_t n, double s_d) {
+  using A = acc_t<T>;
+  const T* __restrict__ W = static_cast<const T*>(Wp);
+  T* __restrict__ out = static_cast<T*>(outp);
+  const A s = static_cast<A>(s_d);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(static_cast<A>(W[j]) / s);
+}
+
+template <typename T>
+static void rank1_rows(const void* Gp, void* outp, int64_t rows, int64_t cols, double a_d,
+                       const void* bup, const void* vp) {
+  using A = acc_t<T>;
+  const T* __restrict__ G = static_cast<const T*>(Gp);
+  T* __restrict__ out = static_cast<T*>(outp);
+  const A* __restrict__ bu = static_cast<const A*>(bup);
+  const A* __restrict__ v = static_cast<const A*>(vp);
+  const A a = static_cast<A>(a_d);
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict__ g = G + i * cols;
+    T* __restrict__ o = out + i * cols;
+    const A b = bu[i];
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<T>(a * static_cast<A>(g[j]) + b * v[j]);
+  }
+}
+
+template <typename T> static Loops make_loops() {
+  Loops l;
+  l.fused_rows = &fused_rows<T>;
+  l.dot_rows = &dot_rows<T>;
+  l.dot2_rows = &dot2_rows<T>;
+  l.divide = &divide<T>;
+  l.rank1_rows = &rank1_rows<T>;
+  return l;
+}
+
+}  // namespace snloops
+
+// Entry points of each per-ISA build of csrc/cpu/isa/spectral_norm.cpp (fp32 and fp64 only).
+#define KX_DECLARE_SN_ISA(NS) \
+  namespace NS {              \
+  snloops::Loops spectral_norm_loops(DType dtype); \
+  }
+KX_DECLARE_SN_ISA(base)
+KX_DECLARE_SN_ISA(avx2)
+KX_DECLARE_SN_ISA(avx512)
+#undef KX_DECLARE_SN_ISA
+
+}  // namespace cpu
+}  // namespace kx

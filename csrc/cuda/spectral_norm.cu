@@ -1,0 +1,312 @@
+// Spectral normalisation on the GPU.
+//
+// Power iteration, three launches per iteration whatever the number of weights: every kernel
+// walks a flattened task list over all weights (a device-side table of sn::Entry, binary-searched
+// by task index; a single weight is passed by value instead):
+//   1. rowdot:  one warp per row, t_i = W_i·v (coalesced along the row, shuffle reduction);
+//   2. colsum:  one block per (weight, slice of rows, tile of 256 columns): thread j adds
+//               t_i·W_ij over the slice's rows (coalesced over columns), one partial per slice;
+//   3. finish:  one block per weight: adds the slices in order, |t|, u, w = W^T u, |w|, v, sigma.
+// Every sum runs in a fixed order: no atomics, bitwise reproducible.
+#include <algorithm>
+
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+#include "kexue/dispatch.h"
+#include "kexue/spectral_norm.h"
+
+namespace kx {
+namespace cuda {
+namespace {
+
+using sn::Entry;
+constexpr int kWarps = kThreads / 32;
+constexpr int64_t kMaxSlices = 32;
+constexpr int64_t kMinRowsPerSlice = 32;
+
+__device__ __forceinline__ float dsqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double dsqrt(double x) { return sqrt(x); }
+
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The weight owning task `task`, where first(e) is the first task of entry e (ascending).
+template <typename First>
+__device__ __forceinline__ int64_t find_entry(const Entry* table, int64_t count, int64_t task,
+                                              First first) {
+  int64_t lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) >> 1;
+    if (first(table[mid]) <= task)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    rowdot_kernel(const Entry* table, Entry single, int64_t count, int64_t total_rows,
+                  acc_t<T>* t) {
+  using A = acc_t<T>;
+  const int64_t task = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (task >= total_rows) return;  // whole warps leave together
+  const Entry e = table ? table[find_entry(table, count, task, [](const Entry& x) { return x.row_task0; })]
+                        : single;
+  const int64_t i = task - e.row_task0;
+  const T* w = static_cast<const T*>(e.W) + i * e.cols;
+  const T* v = static_cast<const T*>(e.v);
+  A s = A(0);
+#pragma unroll 4
+  for (int64_t j = lane; j < e.cols; j += 32) s += load<A>(w + j) * load<A>(v + j);
+  s = warp_sum(s);
+  if (lane == 0) t[e.t_off + i] = s;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    colsum_kernel(const Entry* table, Entry single, int64_t count, const acc_t<T>* t,
+                  acc_t<T>* part) {
+  using A = acc_t<T>;
+  const int64_t task = blockIdx.x;
+  const Entry e = table ? table[find_entry(table, count, task, [](const Entry& x) { return x.col_task0; })]
+                        : single;
+  const int64_t local = task - e.col_task0;
+  const int64_t slice = local / e.col_tiles, tile = local % e.col_tiles;
+  const int64_t j = tile * kThreads + threadIdx.x;
+  if (j >= e.cols) return;
+  const int64_t r0 = slice * e.rows_per_slice, r1 = min(e.rows, r0 + e.rows_per_slice);
+  const T* w = static_cast<const T*>(e.W) + j;
+  const A* tw = t + e.t_off;
+  A s = A(0);
+#pragma unroll 4
+  for (int64_t i = r0; i < r1; ++i) s += tw[i] * load<A>(w + i * e.cols);
+  part[e.part_off + slice * e.cols + j] = s;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    finish_kernel(const Entry* table, Entry single, const acc_t<T>* t, acc_t<T>* part,
+                  acc_t<T> eps, acc_t<T>* sigma, bool last) {
+  using A = acc_t<T>;
+  __shared__ A d1_sh, wn_sh;
+  const Entry e = table ? table[blockIdx.x] : single;
+  const A* tw = t + e.t_off;
+  A* y = part + e.part_off;
+  T* u = static_cast<T*>(e.u);
+  T* v = static_cast<T*>(e.v);
+  A ss = A(0);
+  for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) ss += tw[i] * tw[i];
+  ss = block_sum(ss);
+  if (threadIdx.x == 0) d1_sh = sn::divisor(dsqrt(ss), eps);
+  __syncthreads();
+  const A d1 = d1_sh;
+  for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) store(u + i, tw[i] / d1);
+  // w = W^T u = (Σ_slices partial) / d1; each thread keeps its columns' w in slice 0's row.
+  A sw = A(0);
+  for (int64_t j = threadIdx.x; j < e.cols; j += kThreads) {
+    A s = A(0);
+    for (int64_t k = 0; k < e.slices; ++k) s += y[k * e.cols + j];
+    s = s / d1;
+    y[j] = s;
+    sw += s * s;
+  }
+  sw = block_sum(sw);
+  if (threadIdx.x == 0) wn_sh = dsqrt(sw);
+  __syncthreads();
+  const A wn = wn_sh, d2 = sn::divisor(wn, eps);
+  for (int64_t j = threadIdx.x; j < e.cols; j += kThreads) store(v + j, y[j] / d2);
+  if (last && threadIdx.x == 0) sigma[blockIdx.x] = sn::sigma_from_norm(wn, eps);
+}
+
+unsigned blocks_for(int64_t n, int64_t per_block) {
+  return static_cast<unsigned>((n + per_block - 1) / per_block);
+}
+
+// --- spectral_normalize_weight ------------------------------------------------------------
+
+// r_i = u_i·(W_i·v); with G, also e_i = G_i·W_i (stored at r + rows).
+template <typename T, bool WithG>
+__global__ void __launch_bounds__(kThreads)
+    weighted_rowdot_kernel(const T* W, const T* G, const T* u, const T* v, int64_t rows,
+                           int64_t cols, acc_t<T>* r) {
+  using A = acc_t<T>;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (i >= rows) return;
+  const T* w = W + i * cols;
+  const T* g = WithG ? G + i * cols : nullptr;
+  A s = A(0), eg = A(0);
+#pragma unroll 4
+  for (int64_t j = lane; j < cols; j += 32) {
+    const A wj = load<A>(w + j);
+    s += wj * load<A>(v + j);
+    if (WithG) eg += load<A>(g + j) * wj;
+  }
+  s = warp_sum(s);
+  if (WithG) eg = warp_sum(eg);
+  if (lane == 0) {
+    r[i] = load<A>(u + i) * s;
+    if (WithG) r[rows + i] = eg;
+  }
+}
+
+// One block. Forward: sigma, and the divisor at scalars[0]. Backward: the coefficients a, b of
+// grad_W = a·g + b·u v^T at scalars[0], scalars[1].
+template <typename A, bool Backward>
+__global__ void __launch_bounds__(kThreads)
+    normalize_finish_kernel(const A* r, int64_t rows, A coeff, bool exact, const A* grad_sigma,
+                            A* sigma_out, A* scalars) {
+  A s = A(0), gw = A(0);
+  for (int64_t i = threadIdx.x; i < rows; i += kThreads) {
+    s += r[i];
+    if (Backward) gw += r[rows + i];
+  }
+  s = block_sum(s);
+  if (Backward) gw = block_sum(gw);
+  if (threadIdx.x != 0) return;
+  if (Backward) {
+    const sn::GradCoeffs<A> c = sn::grad_coeffs(s, gw, *grad_sigma, coeff, exact);
+    scalars[0] = c.a;
+    scalars[1] = c.b;
+  } else {
+    *sigma_out = s;
+    scalars[0] = sn::weight_divisor(s, coeff, exact);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    divide_kernel(const T* W, T* out, int64_t n, const acc_t<T>* scalars) {
+  using A = acc_t<T>;
+  const A d = scalars[0];
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; k < n; k += stride)
+    store(out + k, load<A>(W + k) / d);
+}
+
+// One block row per W row (grid-stride over rows), threads over columns.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    rank1_kernel(const T* G, const T* u, const T* v, int64_t rows, int64_t cols,
+                 const acc_t<T>* scalars, T* out) {
+  using A = acc_t<T>;
+  const A a = scalars[0], b = scalars[1];
+  for (int64_t i = blockIdx.x; i < rows; i += gridDim.x) {
+    const A bu = b * load<A>(u + i);
+    const T* g = G + i * cols;
+    T* o = out + i * cols;
+    for (int64_t j = threadIdx.x; j < cols; j += kThreads)
+      store(o + j, a * load<A>(g + j) + bu * load<A>(v + j));
+  }
+}
+
+constexpr unsigned kMaxGrid = 65535u * 8u;
+
+size_t acc_size(DType d) { return d == DType::F64 ? sizeof(double) : sizeof(float); }
+
+}  // namespace
+
+SnPlan spectral_norm_plan(Entry* entries, int64_t count) {
+  SnPlan p{};
+  for (int64_t w = 0; w < count; ++w) {
+    Entry& e = entries[w];
+    e.rows_per_slice = std::max(kMinRowsPerSlice, (e.rows + kMaxSlices - 1) / kMaxSlices);
+    e.slices = (e.rows + e.rows_per_slice - 1) / e.rows_per_slice;
+    e.col_tiles = (e.cols + kThreads - 1) / kThreads;
+    e.t_off = p.t_elems;
+    e.part_off = p.part_elems;
+    e.row_task0 = p.row_tasks;
+    e.col_task0 = p.col_tasks;
+    p.t_elems += e.rows;
+    p.part_elems += std::max<int64_t>(1, e.slices) * e.cols;
+    p.row_tasks += e.rows;
+    p.col_tasks += e.slices * e.col_tiles;
+  }
+  return p;
+}
+
+size_t spectral_norm_workspace(const SnPlan& p, DType dtype) {
+  return static_cast<size_t>(p.t_elems + p.part_elems) * acc_size(dtype);
+}
+
+int spectral_norm_power_iteration(const sn::PowerArgs& a, const SnPlan& p, void* stream) {
+  if (a.count == 0) return 0;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const Entry* table = a.count == 1 ? nullptr : a.device_entries;
+  const Entry single = a.entries[0];
+  KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
+    using A = acc_t<T>;
+    A* t = static_cast<A*>(a.workspace);
+    A* part = t + p.t_elems;
+    for (int64_t it = 0; it < a.n_iter; ++it) {
+      if (p.row_tasks > 0)
+        rowdot_kernel<T><<<blocks_for(p.row_tasks, kWarps), kThreads, 0, st>>>(
+            table, single, a.count, p.row_tasks, t);
+      if (p.col_tasks > 0)
+        colsum_kernel<T><<<static_cast<unsigned>(p.col_tasks), kThreads, 0, st>>>(
+            table, single, a.count, t, part);
+      finish_kernel<T><<<static_cast<unsigned>(a.count), kThreads, 0, st>>>(
+          table, single, t, part, static_cast<A>(a.eps), static_cast<A*>(a.sigma),
+          it + 1 == a.n_iter);
+    }
+  });
+  return last_error();
+}
+
+size_t spectral_normalize_workspace(const sn::NormalizeArgs& a) {
+  return static_cast<size_t>(a.rows + 1) * acc_size(a.dtype);
+}
+
+int spectral_normalize_weight(const sn::NormalizeArgs& a, void* stream) {
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
+    using A = acc_t<T>;
+    A* r = static_cast<A*>(a.workspace);
+    A* scalars = r + a.rows;
+    if (a.rows > 0)
+      weighted_rowdot_kernel<T, false><<<blocks_for(a.rows, kWarps), kThreads, 0, st>>>(
+          static_cast<const T*>(a.W), nullptr, static_cast<const T*>(a.u),
+          static_cast<const T*>(a.v), a.rows, a.cols, r);
+    normalize_finish_kernel<A, false><<<1, kThreads, 0, st>>>(
+        r, a.rows, static_cast<A>(a.coeff), a.exact, nullptr, static_cast<A*>(a.sigma), scalars);
+    const int64_t n = a.rows * a.cols;
+    if (n > 0)
+      divide_kernel<T><<<std::min(blocks_for(n, kThreads), kMaxGrid), kThreads, 0, st>>>(
+          static_cast<const T*>(a.W), static_cast<T*>(a.out), n, scalars);
+  });
+  return last_error();
+}
+
+size_t spectral_normalize_backward_workspace(const sn::NormalizeGradArgs& a) {
+  return static_cast<size_t>(2 * a.rows + 2) * acc_size(a.dtype);
+}
+
+int spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a, void* stream) {
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
+    using A = acc_t<T>;
+    A* r = static_cast<A*>(a.workspace);
+    A* scalars = r + 2 * a.rows;
+    const T* u = static_cast<const T*>(a.u);
+    const T* v = static_cast<const T*>(a.v);
+    if (a.rows > 0)
+      weighted_rowdot_kernel<T, true><<<blocks_for(a.rows, kWarps), kThreads, 0, st>>>(
+          static_cast<const T*>(a.W), static_cast<const T*>(a.grad_out), u, v, a.rows, a.cols, r);
+    normalize_finish_kernel<A, true><<<1, kThreads, 0, st>>>(
+        r, a.rows, static_cast<A>(a.coeff), a.exact, static_cast<const A*>(a.grad_sigma),
+        nullptr, scalars);
+    if (a.rows > 0 && a.cols > 0)
+      rank1_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(a.rows, kMaxGrid)), kThreads, 0, st>>>(
+          static_cast<const T*>(a.grad_out), u, v, a.rows, a.cols, scalars,
+          static_cast<T*>(a.grad_W));
+  });
+  return last_error();
+}
+
+}  // namespace cuda
+}  // namespace kx
