@@ -1,6 +1,7 @@
 // CPU launchers. Same argument structs as the CUDA launchers (csrc/cuda/kernels.h).
 #pragma once
 #include "kexue/actnorm.h"
+#include "kexue/activations.h"
 #include "kexue/coupling.h"
 #include "kexue/spectral_norm.h"
 
@@ -13,5 +14,6 @@ void actnorm_backward(const actnorm::GradArgs& a);
 void spectral_norm_power_iteration(const sn::PowerArgs& a);
 void spectral_normalize_weight(const sn::NormalizeArgs& a);
 void spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a);
+void activation_derivatives(const act::Args& a);
 }  // namespace cpu
 }  // namespace kx

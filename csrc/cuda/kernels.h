@@ -4,6 +4,7 @@
 #include <cstddef>
 
 #include "kexue/actnorm.h"
+#include "kexue/activations.h"
 #include "kexue/coupling.h"
 #include "kexue/spectral_norm.h"
 
@@ -32,5 +33,7 @@ size_t spectral_normalize_workspace(const sn::NormalizeArgs& a);  // bytes
 int spectral_normalize_weight(const sn::NormalizeArgs& a, void* stream);
 size_t spectral_normalize_backward_workspace(const sn::NormalizeGradArgs& a);  // bytes
 int spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a, void* stream);
+
+int activation_derivatives(const act::Args& a, void* stream);
 }  // namespace cuda
 }  // namespace kx

@@ -24,3 +24,13 @@ __all__ += [
     "reference_spectral_normalize",
     "reference_spectral_normalize_weight",
 ]
+
+from kexue.ops.iresnet import (  # noqa: E402
+    iresnet_mlp_logdet,
+    logdet_power_series,
+    reference_iresnet_mlp_logdet,
+    reference_logdet_power_series,
+)
+
+__all__ += ["logdet_power_series", "iresnet_mlp_logdet", "reference_logdet_power_series",
+            "reference_iresnet_mlp_logdet"]

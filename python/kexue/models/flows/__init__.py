@@ -3,6 +3,7 @@ from kexue.models.flows.bertflow import BertFlow
 from kexue.models.flows.density import FlowModel
 from kexue.models.flows.fvae import FVAE
 from kexue.models.flows.glow import Glow
+from kexue.models.flows.iresnet import IResNet, ResidualFlow
 from kexue.models.flows.nice import NICE
 from kexue.models.flows.realnvp import RealNVP
 from kexue.train.registry import register
@@ -30,4 +31,9 @@ register("vae-baseline", _builder(FVAE, posterior="gaussian", hidden=128, blocks
 register("bertflow", _builder(BertFlow), default_data="8gaussians",
          description="BERT-flow: vector Glow that Gaussianises sentence embeddings")
 
-__all__ = ["BertFlow", "FVAE", "FlowModel", "Glow", "NICE", "RealNVP"]
+register("iresnet", _builder(IResNet), default_data="8gaussians",
+         description="i-ResNet: spectrally normalised residual blocks, power-series log-det")
+register("residualflow", _builder(ResidualFlow), default_data="8gaussians",
+         description="Residual Flow: LipSwish blocks, Russian-roulette log-det, Neumann gradient")
+
+__all__ = ["BertFlow", "FVAE", "FlowModel", "Glow", "IResNet", "NICE", "RealNVP", "ResidualFlow"]
