@@ -62,15 +62,17 @@ def mlp(b=6, d=3, h=8, dtype=torch.float64, seed=0, device="cpu", requires_grad=
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("n", [1, 3, 10])
-def test_mlp_matches_reference(device, activation, n):
-    args = mlp(device=device)
+@pytest.mark.parametrize("d", [3, 12])  # both strategies: explicit J when D <= n, products otherwise
+def test_mlp_matches_reference(device, activation, n, d):
+    args = mlp(d=d, device=device)
     torch.testing.assert_close(iresnet_mlp_logdet(*args, n, activation),
                                reference_iresnet_mlp_logdet(*args, n, activation), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_mlp_backward_matches_reference(device, activation):
-    ours = mlp(device=device, requires_grad=True)
+@pytest.mark.parametrize("d", [3, 12])
+def test_mlp_backward_matches_reference(device, activation, d):
+    ours = mlp(d=d, device=device, requires_grad=True)
     ref = [t.detach().clone().requires_grad_(t.requires_grad) for t in ours]
     w = torch.randn(6, dtype=torch.float64, device=device)
     (iresnet_mlp_logdet(*ours, 6, activation) * w).sum().backward()
@@ -80,8 +82,9 @@ def test_mlp_backward_matches_reference(device, activation):
 
 
 @pytest.mark.parametrize("activation", ["elu", "lipswish"])
-def test_mlp_gradcheck(activation):
-    args = mlp(b=3, d=2, h=4, requires_grad=True)
+@pytest.mark.parametrize("d", [2, 9])
+def test_mlp_gradcheck(activation, d):
+    args = mlp(b=3, d=d, h=4, requires_grad=True)
     fn = lambda x, W1, b1, W2: iresnet_mlp_logdet(x, W1, b1, W2, args[4], args[5], 4, activation)
     assert torch.autograd.gradcheck(fn, tuple(args[:4]))
 
