@@ -20,7 +20,7 @@ from kexue.data import toy_entropy
 from kexue.train import train
 
 DIGIT_MODELS = ["nice", "realnvp", "glow", "fvae", "vae-baseline"]
-TOY_MODELS = ["realnvp", "glow"]
+TOY_MODELS = ["realnvp", "glow", "iresnet"]
 TOYS = ["8gaussians", "checkerboard", "moons"]
 
 

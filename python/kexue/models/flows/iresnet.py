@@ -6,17 +6,26 @@ import math
 from typing import List, Optional, Sequence
 
 from kexue.models.flows.density import FlowModel
-from kexue.nn import ActNorm, Dequantize, Flatten, Flow, FlowLayer, Logit
-from kexue.nn.iresnet import InvertibleResidualMLP, ResidualFlowMLP
+from kexue.nn import ActNorm, Dequantize, Flatten, Flow, FlowLayer, Logit, Squeeze
+from kexue.nn.iresnet import InvertibleResidualConv, InvertibleResidualMLP, ResidualFlowMLP
 
 
-def _stack(block, event_shape, n_levels, n_blocks, logit_alpha=0.05) -> List[FlowLayer]:
-    dim = math.prod(event_shape)
+def _stack(block, event_shape, n_levels, n_blocks, logit_alpha=0.05, conv_block=None) -> List[FlowLayer]:
+    """Preprocessing, then ``n_blocks`` × [ActNorm, residual block]: MLP blocks on the flattened
+    data, or (``conv_block``) convolutional blocks after a squeeze ([C, H, W] → [4C, H/2, W/2])."""
     layers: List[FlowLayer] = []
     if n_levels:
         layers += [Dequantize(n_levels), Logit(logit_alpha)]
-    if len(event_shape) > 1:
-        layers.append(Flatten(event_shape))
+    shape = tuple(event_shape)
+    if conv_block is not None and len(shape) == 3:
+        layers.append(Squeeze())
+        shape = layers[-1].output_shape(shape)
+        for _ in range(n_blocks):
+            layers += [ActNorm(shape[0]), conv_block(shape)]
+        return layers
+    dim = math.prod(shape)
+    if len(shape) > 1:
+        layers.append(Flatten(shape))
     for _ in range(n_blocks):
         layers += [ActNorm(dim), block(dim)]
     return layers
@@ -24,17 +33,24 @@ def _stack(block, event_shape, n_levels, n_blocks, logit_alpha=0.05) -> List[Flo
 
 class IResNet(FlowModel):
     """i-ResNet (Behrmann et al. 2019): ELU blocks with ``coeff``-bounded spectral norms, the
-    log-det series truncated at ``n_terms`` (exact traces for D ≤ 16, else Hutchinson)."""
+    log-det series truncated at ``n_terms`` (exact traces for D ≤ 16, else Hutchinson).
+    ``block="mlp"`` (default) flattens images; ``block="conv"`` squeezes them and uses the
+    paper's convolutional blocks (operator-norm spectral normalisation)."""
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, n_blocks: int = 8,
                  hidden: int = 128, activation: str = "elu", coeff: float = 0.9, n_terms: int = 10,
-                 logdet: str = "auto"):
-        block = lambda d: InvertibleResidualMLP(d, hidden, activation, coeff, n_terms=n_terms, logdet=logdet)
-        super().__init__(Flow(_stack(block, event_shape, n_levels, n_blocks), event_shape), n_levels)
+                 logdet: str = "auto", block: str = "mlp"):
+        if block not in ("mlp", "conv"):
+            raise ValueError(f"IResNet: block must be 'mlp' or 'conv', got {block!r}")
+        if block == "conv" and len(event_shape) != 3:
+            raise ValueError(f"IResNet: block='conv' needs images [C, H, W], got {list(event_shape)}")
+        mlp = lambda d: InvertibleResidualMLP(d, hidden, activation, coeff, n_terms=n_terms, logdet=logdet)
+        conv = (lambda s: InvertibleResidualConv(s, hidden, activation, coeff, n_terms=n_terms)) if block == "conv" else None
+        super().__init__(Flow(_stack(mlp, event_shape, n_levels, n_blocks, conv_block=conv), event_shape), n_levels)
 
     def inverse_report(self):
         """Iterations and final residual of each block's last fixed-point inverse."""
-        return [layer.last_inverse for layer in self.flow.layers if isinstance(layer, InvertibleResidualMLP)]
+        return [layer.last_inverse for layer in self.flow.layers if hasattr(layer, "last_inverse")]
 
 
 class ResidualFlow(IResNet):
