@@ -20,6 +20,14 @@ def device(request):
     return request.param
 
 
+@pytest.fixture
+def restore_cpu_isa():
+    """Tests that switch the CPU kernels' instruction set put it back afterwards."""
+    before = kexue.build_info()["cpu_isa"]
+    yield
+    kexue._C.set_cpu_isa(before)
+
+
 def low_precision_ok(ours, ref_low, ref_hi, atol=1e-3, rtol=1e-6):
     """The flash-attention rule: our low-precision result is no further from the fp64 truth than
     twice the error of the reference evaluated in the same low precision, plus a floor of

@@ -261,13 +261,6 @@ def test_bad_inputs():
         torch.ops.kexue.coupling_backward(x, torch.zeros(3), x, s, t, None, "exp", False, 0.0, [True, True, True])
 
 
-@pytest.fixture
-def restore_cpu_isa():
-    before = kexue.build_info()["cpu_isa"]
-    yield
-    kexue._C.set_cpu_isa(before)
-
-
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 def test_every_cpu_isa_matches_reference(isa, restore_cpu_isa):
     if isa not in kexue._C.cpu_isas():

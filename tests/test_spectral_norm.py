@@ -394,13 +394,6 @@ def test_deterministic_across_threads():
     assert torch.equal(out1[0], out2[0]) and torch.equal(out1[1], out2[1])
 
 
-@pytest.fixture
-def restore_cpu_isa():
-    before = kexue.build_info()["cpu_isa"]
-    yield
-    kexue._C.set_cpu_isa(before)
-
-
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 def test_every_cpu_isa_matches_reference(isa, restore_cpu_isa):
     if isa not in kexue._C.cpu_isas():
