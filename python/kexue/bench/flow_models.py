@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import Callable, List
 
 import torch
@@ -65,6 +66,43 @@ def loss_curves(build: Callable, data: torch.Tensor, steps: int = 30, batch: int
     return curves
 
 
+def normflows_glow(shape, levels: int, depth: int, hidden: int, n_levels: int):
+    """normflows' multi-scale Glow at the same L, K and coupling width, trained on the same
+    dequantised digits (its loss converted to bits/dim like ours), or None when normflows is not
+    installed (an optional peer: ``pip install normflows``). Differences that remain: its split
+    priors are per-channel Gaussians rather than conditioned on the kept half."""
+    try:
+        import normflows as nf
+    except ImportError:
+        return None
+    c, h, w = shape
+    q0, flows, merges = [], [], []
+    for i in range(levels):
+        blocks = [nf.flows.GlowBlock(c * 2 ** (levels + 1 - i), hidden, split_mode="channel", scale=True)
+                  for _ in range(depth)]
+        flows.append(blocks + [nf.flows.Squeeze()])
+        if i > 0:
+            merges.append(nf.flows.Merge())
+            latent = (c * 2 ** (levels - i), h // 2 ** (levels - i), w // 2 ** (levels - i))
+        else:
+            latent = (c * 2 ** (levels + 1), h // 2 ** levels, w // 2 ** levels)
+        q0.append(nf.distributions.GlowBase(latent))
+    model = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+    dim = c * h * w
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def loss(self, x):
+            xf = (x.float() + torch.rand_like(x, dtype=torch.float32)) / n_levels
+            nll = -self.model.log_prob(xf, None) + dim * math.log(n_levels)
+            return {"loss": (nll / (dim * math.log(2))).mean()}
+
+    return Wrapped()
+
+
 def cases(device: str) -> List[Case]:
     from kexue.data import load_digits, toy_2d
     from kexue.models.flows import Glow, RealNVP
@@ -89,4 +127,18 @@ def cases(device: str) -> List[Case]:
 
         out.append(Case("train-step", name, "step", make, lambda x, ours, ref: ours(x),
                         lambda x, ours, ref: ref(x), compile_reference=False))
+    peer = normflows_glow((1, 8, 8), 2, 8, 64, 17)
+    if peer is not None:  # ours vs normflows' Glow of the same L, K, width, on the same batch
+        def make_peer(dev):
+            torch.manual_seed(0)
+            model = Glow((1, 8, 8), 17, levels=2, depth=8, hidden=64).to(dev)
+            x = digits[:64].to(dev)
+            model.train()
+            model.loss(x)
+            theirs = normflows_glow((1, 8, 8), 2, 8, 64, 17).to(dev)
+            theirs.loss(x)  # their ActNorm's data init too
+            return [x, make_step(model), make_step(theirs)]
+
+        out.append(Case("train-step", "glow digits L2 K8 h64 vs normflows", "step", make_peer,
+                        lambda x, ours, ref: ours(x), lambda x, ours, ref: ref(x), compile_reference=False))
     return out
