@@ -36,8 +36,10 @@ template <> __device__ __forceinline__ void store<__nv_bfloat16, float>(__nv_bfl
 }
 
 constexpr int kThreads = 256;
+static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block_sum assumes whole warps");
 
-// Sum over the block; the result is valid in thread 0. Fixed order: deterministic.
+// Sum over the block (launched with blockDim.x = kThreads); the result is valid in thread 0.
+// Fixed order: deterministic.
 template <typename A> __device__ __forceinline__ A block_sum(A v) {
   __shared__ A warp_sums[kThreads / 32];
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);

@@ -16,12 +16,18 @@ constexpr int kChunk = kThreads * 16;
 
 int64_t chunks_per_sample(int64_t n) { return std::max<int64_t>(1, (n + kChunk - 1) / kChunk); }
 
+// Enough blocks to fill any current GPU many times over; more tasks loop inside the kernels.
+unsigned task_grid(int64_t tasks) { return static_cast<unsigned>(std::min<int64_t>(tasks, 65535LL * 32)); }
+
 template <typename T, Scale K, bool Reverse, bool Masked, bool HasT>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(coupling::Args a, int64_t chunks, acc_t<T>* partial) {
   using A = acc_t<T>;
   const int64_t N = a.numel_per_sample;
-  const int64_t task = blockIdx.x, n = task / chunks, j0 = (task % chunks) * kChunk;
+  // Blocks stride over the (sample, chunk) tasks: the grid is capped, the batch is not. The
+  // loop bound is uniform across a block, so block_sum inside it is safe.
+  for (int64_t task = blockIdx.x; task < a.batch * chunks; task += gridDim.x) {
+  const int64_t n = task / chunks, j0 = (task % chunks) * kChunk;
   const int64_t len = min(N - j0, static_cast<int64_t>(kChunk)), off = n * N + j0;
   const T* x = static_cast<const T*>(a.x) + off;
   const T* s = static_cast<const T*>(a.s) + off;
@@ -44,6 +50,7 @@ __global__ void __launch_bounds__(kThreads)
     else
       partial[task] = ld;
   }
+  }
 }
 
 template <typename A>
@@ -60,7 +67,8 @@ __global__ void __launch_bounds__(kThreads)
     backward_kernel(coupling::GradArgs a, int64_t chunks) {
   using A = acc_t<T>;
   const int64_t N = a.numel_per_sample;
-  const int64_t task = blockIdx.x, n = task / chunks, j0 = (task % chunks) * kChunk;
+  for (int64_t task = blockIdx.x; task < a.batch * chunks; task += gridDim.x) {
+  const int64_t n = task / chunks, j0 = (task % chunks) * kChunk;
   const int64_t len = min(N - j0, static_cast<int64_t>(kChunk)), off = n * N + j0;
   const T* g = static_cast<const T*>(a.grad_out) + off;
   const T* x = static_cast<const T*>(a.x) + off;
@@ -82,6 +90,7 @@ __global__ void __launch_bounds__(kThreads)
     if (gx) store(gx + j, r.gx);
     if (gs) store(gs + j, r.gs);
     if (gt) store(gt + j, r.gt);
+  }
   }
 }
 
@@ -106,13 +115,13 @@ int coupling_forward(const coupling::Args& a, void* stream) {
         KX_BOOL_SWITCH(a.mask != nullptr, M, [&] {
           KX_BOOL_SWITCH(a.t != nullptr, HT, [&] {
             forward_kernel<T, K, R, M, HT>
-                <<<static_cast<unsigned>(a.batch * chunks), kThreads, 0, st>>>(a, chunks, partial);
+                <<<task_grid(a.batch * chunks), kThreads, 0, st>>>(a, chunks, partial);
           });
         });
       });
     });
     if (chunks > 1) {
-      const unsigned blocks = static_cast<unsigned>((a.batch + kThreads - 1) / kThreads);
+      const unsigned blocks = task_grid((a.batch + kThreads - 1) / kThreads);
       sum_chunks_kernel<A><<<blocks, kThreads, 0, st>>>(partial, chunks, a.batch,
                                                         static_cast<A*>(a.logdet));
     }
@@ -130,7 +139,7 @@ int coupling_backward(const coupling::GradArgs& a, void* stream) {
         KX_BOOL_SWITCH(a.mask != nullptr, M, [&] {
           KX_BOOL_SWITCH(a.t != nullptr, HT, [&] {
             backward_kernel<T, K, R, M, HT>
-                <<<static_cast<unsigned>(a.batch * chunks), kThreads, 0, st>>>(a, chunks);
+                <<<task_grid(a.batch * chunks), kThreads, 0, st>>>(a, chunks);
           });
         });
       });
