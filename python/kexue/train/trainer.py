@@ -111,8 +111,8 @@ class _LossForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor):
-        return self.model.loss(x)
+    def forward(self, batch):
+        return self.model.loss(batch)
 
 
 def _as_dict(out: Any) -> Dict[str, Any]:
@@ -229,9 +229,16 @@ def _reduce_means(sums: Dict[str, float], count: float, d: _Dist) -> Dict[str, f
     return {k: (t[i].item() / total if total else float("nan")) for i, k in enumerate(keys)}
 
 
+def supervised(model: nn.Module) -> bool:
+    """Models that learn from labels (classifiers such as CapsNet) set ``supervised = True``;
+    their ``loss`` and ``evaluate`` then take ``(x, labels)`` batches."""
+    return bool(getattr(model, "supervised", False))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, batch_size: int, *, seed: int = DEFAULT_SEED,
-             device: Union[str, torch.device] = "cpu", _dist: Optional[_Dist] = None) -> Dict[str, float]:
+             device: Union[str, torch.device] = "cpu", _dist: Optional[_Dist] = None,
+             labels: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """Metrics of ``model`` on all of ``x``, in eval mode without gradients.
 
     Uses ``model.evaluate(batch)`` when the model has it, else ``model.loss(batch)``; every
@@ -251,9 +258,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, batch_size: int, *, seed: int = 
         with torch.random.fork_rng(devices=_fork_devices(device)):
             torch.manual_seed(derive_seed("eval", seed, d.rank))
             part = x[d.rank::d.world]
-            for xb in part.split(batch_size):
+            label_parts = labels[d.rank::d.world].split(batch_size) if labels is not None else None
+            for i, xb in enumerate(part.split(batch_size)):
                 xb = xb.to(device)
-                vals = _scalars(fn(xb) if own else _as_dict(fn(xb)))
+                batch = (xb, label_parts[i].to(device)) if label_parts is not None else xb
+                vals = _scalars(fn(batch) if own else _as_dict(fn(batch)))
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v * len(xb)
                 count += len(xb)
@@ -527,6 +536,11 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
 
     stream = BatchStream(len(train_ds.x), batch_size, seed, d.rank)
     x_train = train_ds.x.to(d.device)
+    with_labels = supervised(core)
+    if with_labels and train_ds.labels is None:
+        raise ValueError(f"{model_name} learns from labels, but the data set {data_name!r} has none")
+    y_train = train_ds.labels.to(d.device) if with_labels else None
+    test_labels = test_ds.labels if with_labels else None
     metrics_path = out / METRICS_NAME
     last_train: Dict[str, float] = {}
     last_test: Optional[Dict[str, float]] = None
@@ -537,7 +551,8 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
             done = k + 1
             core.train()
             torch.manual_seed(derive_seed("step", seed, d.rank, k))
-            xb = x_train[stream.indices(k).to(d.device)]
+            idx = stream.indices(k).to(d.device)
+            xb = (x_train[idx], y_train[idx]) if with_labels else x_train[idx]
             outd = _as_dict(step_fn(xb))
             opt.zero_grad(set_to_none=True)
             outd["loss"].backward()
@@ -562,12 +577,13 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
                 records.append({"step": done, "split": "train", **last_train})
                 window_sums, window_count = {}, 0
             if (eval_every and done % eval_every == 0) or done == steps:
-                last_test = evaluate(core, test_ds.x, eval_batch_size, seed=seed, device=d.device, _dist=d)
+                last_test = evaluate(core, test_ds.x, eval_batch_size, seed=seed, device=d.device, _dist=d,
+                                     labels=test_labels)
                 records.append({"step": done, "split": "test", **last_test})
                 _report(bar, done, last_test)
             if main:
                 append_metrics(metrics_path, records)
-                if (sample_every and done % sample_every == 0) or done == steps:
+                if not with_labels and ((sample_every and done % sample_every == 0) or done == steps):
                     make_figures(core, train_ds, out, done, seed=seed, device=d.device)
             if (checkpoint_every and done % checkpoint_every == 0) or done == steps:
                 local = {"rng": _rng_state(d.device), "window_sums": window_sums, "window_count": window_count}
@@ -584,7 +600,8 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
             bar.close()
 
     if last_test is None:  # nothing left to train: the checkpoint was already at `steps`
-        last_test = evaluate(core, test_ds.x, eval_batch_size, seed=seed, device=d.device, _dist=d)
+        last_test = evaluate(core, test_ds.x, eval_batch_size, seed=seed, device=d.device, _dist=d,
+                                     labels=test_labels)
         if main:
             prev = [r for r in read_metrics(metrics_path) if r.get("split") == "train"]
             last_train = {k: v for k, v in (prev[-1] if prev else {}).items() if k not in ("step", "split")}
