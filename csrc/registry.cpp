@@ -37,4 +37,12 @@ TORCH_LIBRARY(kexue, m) {
         "str activation) -> Tensor");
   m.def("iresnet_mlp_logdet_backward(Tensor grad, Tensor x, Tensor W1, Tensor b1, Tensor W2, Tensor v, "
         "int n_terms, str activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Capsules: dynamic routing (Sabour et al. 2017) over u_hat [B, N_in, N_out, D]. Returns
+  // (v [B, N_out, D], final couplings c [B, N_in, N_out]); squash is 'sabour' or 'post'. The
+  // backward returns dL/du_hat, recomputing the routing (detach_routing: logits held constant).
+  m.def("dynamic_routing(Tensor u_hat, int iterations, str squash, bool detach_routing) "
+        "-> (Tensor, Tensor)");
+  m.def("dynamic_routing_backward(Tensor grad_v, Tensor u_hat, int iterations, str squash, "
+        "bool detach_routing) -> Tensor");
 }

@@ -2,6 +2,7 @@
 #pragma once
 #include "kexue/actnorm.h"
 #include "kexue/activations.h"
+#include "kexue/capsules.h"
 #include "kexue/coupling.h"
 #include "kexue/spectral_norm.h"
 
@@ -15,5 +16,7 @@ void spectral_norm_power_iteration(const sn::PowerArgs& a);
 void spectral_normalize_weight(const sn::NormalizeArgs& a);
 void spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a);
 void activation_derivatives(const act::Args& a);
+void dynamic_routing_forward(const caps::Args& a);
+void dynamic_routing_backward(const caps::GradArgs& a);
 }  // namespace cpu
 }  // namespace kx

@@ -5,6 +5,7 @@
 
 #include "kexue/actnorm.h"
 #include "kexue/activations.h"
+#include "kexue/capsules.h"
 #include "kexue/coupling.h"
 #include "kexue/spectral_norm.h"
 
@@ -35,5 +36,9 @@ size_t spectral_normalize_backward_workspace(const sn::NormalizeGradArgs& a);  /
 int spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a, void* stream);
 
 int activation_derivatives(const act::Args& a, void* stream);
+size_t dynamic_routing_forward_workspace(const caps::Args& a);  // bytes, for a.workspace
+int dynamic_routing_forward(const caps::Args& a, void* stream);
+size_t dynamic_routing_backward_workspace(const caps::GradArgs& a);  // bytes
+int dynamic_routing_backward(const caps::GradArgs& a, void* stream);
 }  // namespace cuda
 }  // namespace kx

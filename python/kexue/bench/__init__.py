@@ -1,5 +1,5 @@
 """Microbenchmarks: ``kexue bench [op]`` or ``python -m kexue.cli bench``."""
-from kexue.bench import flows, iresnet, spectral_norm
+from kexue.bench import capsules, flows, iresnet, spectral_norm
 from kexue.bench.harness import Case, format_table, machine_info, run_cases, write_json
 
 # op family -> function(device) returning its cases
@@ -9,6 +9,7 @@ SUITES = {
     "flow-models": lambda device: _flow_models().cases(device),
     "spectral-norm": spectral_norm.cases,
     "iresnet": iresnet.cases,
+    "capsules": capsules.cases,
 }
 
 

@@ -34,3 +34,7 @@ from kexue.ops.iresnet import (  # noqa: E402
 
 __all__ += ["logdet_power_series", "iresnet_mlp_logdet", "reference_logdet_power_series",
             "reference_iresnet_mlp_logdet"]
+
+from kexue.ops.capsules import dynamic_routing, reference_dynamic_routing  # noqa: E402
+
+__all__ += ["dynamic_routing", "reference_dynamic_routing"]

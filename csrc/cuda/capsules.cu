@@ -1,0 +1,230 @@
+// Dynamic routing on the GPU. One block per sample (blocks stride over the batch): each routing
+// iteration streams the sample's û twice (s = Σ c û, then the agreements û·v), keeping the
+// logits, couplings and capsule states in a per-block workspace ([N_in, N_out] and [N_out, D]
+// slices): nothing of size [N_in, N_out, D] is written except the final gradient. All sums run in
+// a fixed order (no atomics): bitwise reproducible.
+#include <algorithm>
+
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+#include "kexue/dispatch.h"
+
+namespace kx {
+namespace cuda {
+namespace {
+
+using caps::Squash;
+
+unsigned grid_for(int64_t batch) { return static_cast<unsigned>(std::min<int64_t>(batch, 2048)); }
+
+// out[jd] = Σ_i w[i, j] u[i, jd] (jd = j·D + d). For P = N_out·D ≤ kThreads the block is split
+// into kThreads/P stripes over i, each thread owning one jd (reads coalesced along jd); the
+// stripes' partials are added in stripe order.
+template <typename T, typename A>
+__device__ void weighted_sum(const T* u, const A* w, A* out, int64_t n_in, int64_t n_out,
+                             int64_t dim) {
+  __shared__ A partial[kThreads];
+  const int64_t P = n_out * dim;
+  if (P <= kThreads) {
+    const int64_t stripes = kThreads / P;
+    const int64_t stripe = threadIdx.x / P, jd = threadIdx.x % P, j = jd / dim;
+    if (stripe < stripes) {
+      A acc = A(0);
+      for (int64_t i = stripe; i < n_in; i += stripes) acc += w[i * n_out + j] * load<A>(u + i * P + jd);
+      partial[threadIdx.x] = acc;
+    }
+    __syncthreads();
+    if (threadIdx.x < P) {
+      A acc = A(0);
+      for (int64_t s = 0; s < stripes; ++s) acc += partial[s * P + threadIdx.x];
+      out[threadIdx.x] = acc;
+    }
+  } else {
+    for (int64_t jd = threadIdx.x; jd < P; jd += kThreads) {
+      const int64_t j = jd / dim;
+      A acc = A(0);
+      for (int64_t i = 0; i < n_in; ++i) acc += w[i * n_out + j] * load<A>(u + i * P + jd);
+      out[jd] = acc;
+    }
+  }
+  __syncthreads();
+}
+
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;  // valid in lane 0
+}
+
+// One warp per input capsule i: dots[j] = u[i, j, :]·x[j, :] (lanes over d), then lane 0 runs
+// row_op(i, dots) on the row of N_out values (kept in out + i·N_out).
+template <typename T, typename A, typename RowOp>
+__device__ void row_dots(const T* u, const A* x, A* out, int64_t n_in, int64_t n_out, int64_t dim,
+                         RowOp row_op) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kThreads / 32;
+  for (int64_t i = warp; i < n_in; i += warps) {
+    A* row = out + i * n_out;
+    for (int64_t j = 0; j < n_out; ++j) {
+      const T* uij = u + (i * n_out + j) * dim;
+      const A* xj = x + j * dim;
+      A acc = A(0);
+      for (int64_t d = lane; d < dim; d += 32) acc += load<A>(uij + d) * xj[d];
+      acc = warp_sum(acc);
+      if (lane == 0) row_op(i, j, row, acc);
+    }
+    if (lane == 0) row_op(i, -1, row, A(0));  // row complete
+    __syncwarp();
+  }
+  __syncthreads();
+}
+
+template <typename A>
+__device__ void squash_rows(const A* s, A* v, int64_t n_out, int64_t dim, A k) {
+  for (int64_t j = threadIdx.x; j < n_out; j += kThreads) {
+    A q = A(0);
+    for (int64_t d = 0; d < dim; ++d) q += s[j * dim + d] * s[j * dim + d];
+    const A f = caps::squash_factor(q, k);
+    for (int64_t d = 0; d < dim; ++d) v[j * dim + d] = f * s[j * dim + d];
+  }
+  __syncthreads();
+}
+
+template <typename A>
+__device__ void squash_vjp_rows(const A* s, const A* g, A* gs, int64_t n_out, int64_t dim, A k) {
+  for (int64_t j = threadIdx.x; j < n_out; j += kThreads) {
+    A q = A(0), sg = A(0);
+    for (int64_t d = 0; d < dim; ++d) {
+      q += s[j * dim + d] * s[j * dim + d];
+      sg += s[j * dim + d] * g[j * dim + d];
+    }
+    const auto co = caps::squash_vjp_coeffs(q, sg, k);
+    for (int64_t d = 0; d < dim; ++d) gs[j * dim + d] = co.cg * g[j * dim + d] + co.cs * s[j * dim + d];
+  }
+  __syncthreads();
+}
+
+// The routing of one sample; C / S / V hold R slices (history) when hist, else one slice each.
+template <typename T, typename A>
+__device__ void route(const T* u, int64_t R, Squash sq, int64_t n_in, int64_t n_out, int64_t dim,
+                      A* logits, A* C, A* S, A* V, bool hist) {
+  const int64_t NN = n_in * n_out, P = n_out * dim;
+  const A k = caps::squash_k<A>(sq);
+  for (int64_t t = threadIdx.x; t < NN; t += kThreads) logits[t] = A(0);
+  const A uniform = A(1) / static_cast<A>(n_out);
+  for (int64_t r = 0; r < R; ++r) {
+    A* cr = hist ? C + r * NN : C;
+    A* sr = hist ? S + r * P : S;
+    A* vr = hist ? V + r * P : V;
+    if (r == 0) {
+      for (int64_t t = threadIdx.x; t < NN; t += kThreads) cr[t] = uniform;
+      __syncthreads();
+    }
+    weighted_sum(u, cr, sr, n_in, n_out, dim);
+    squash_rows(sr, vr, n_out, dim, k);
+    if (r + 1 < R) {
+      A* cn = hist ? C + (r + 1) * NN : C;
+      row_dots(u, vr, logits, n_in, n_out, dim, [&](int64_t i, int64_t j, A* row, A dot) {
+        if (j >= 0)
+          row[j] += dot;
+        else
+          caps::softmax_row(row, cn + i * n_out, n_out);
+      });
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) forward_kernel(caps::Args a) {
+  using A = acc_t<T>;
+  const int64_t NN = a.n_in * a.n_out, P = a.n_out * a.dim;
+  A* logits = static_cast<A*>(a.workspace) + blockIdx.x * caps::forward_scratch(a.n_in, a.n_out, a.dim);
+  A *C = logits + NN, *S = C + NN, *V = S + P;
+  for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    const T* u = static_cast<const T*>(a.u) + b * NN * a.dim;
+    route<T, A>(u, a.iterations, a.squash, a.n_in, a.n_out, a.dim, logits, C, S, V, false);
+    T* vo = static_cast<T*>(a.v) + b * P;
+    T* co = static_cast<T*>(a.c) + b * NN;
+    for (int64_t t = threadIdx.x; t < P; t += kThreads) store(vo + t, V[t]);
+    for (int64_t t = threadIdx.x; t < NN; t += kThreads) store(co + t, C[t]);
+    __syncthreads();
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) backward_kernel(caps::GradArgs a) {
+  using A = acc_t<T>;
+  const int64_t R = a.iterations, n_in = a.n_in, n_out = a.n_out, dim = a.dim;
+  const int64_t NN = n_in * n_out, P = n_out * dim;
+  const A k = caps::squash_k<A>(a.squash);
+  A* logits = static_cast<A*>(a.workspace) + blockIdx.x * caps::backward_scratch(R, n_in, n_out, dim);
+  A *C = logits + NN, *G = C + R * NN, *S = G + R * NN;
+  A *V = S + R * P, *GS = V + R * P, *gv = GS + R * P;
+  for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    const T* u = static_cast<const T*>(a.u) + b * NN * dim;
+    const T* g = static_cast<const T*>(a.grad_v) + b * P;
+    T* gu = static_cast<T*>(a.grad_u) + b * NN * dim;
+    route<T, A>(u, R, a.squash, n_in, n_out, dim, logits, C, S, V, true);
+    for (int64_t t = threadIdx.x; t < P; t += kThreads) gv[t] = load<A>(g + t);
+    __syncthreads();
+    const int64_t r_first = a.detach_routing ? R - 1 : 0;
+    for (int64_t r = R - 1; r >= r_first; --r) {
+      if (r < R - 1) weighted_sum(u, G + (r + 1) * NN, gv, n_in, n_out, dim);
+      squash_vjp_rows(S + r * P, gv, GS + r * P, n_out, dim, k);
+      if (r == 0 || a.detach_routing) continue;
+      A* Gr = G + r * NN;
+      const A* Cr = C + r * NN;
+      const A* Gnext = r < R - 1 ? G + (r + 1) * NN : nullptr;
+      row_dots(u, GS + r * P, Gr, n_in, n_out, dim, [&](int64_t i, int64_t j, A* row, A dot) {
+        if (j >= 0)
+          row[j] = dot;
+        else
+          caps::softmax_row_vjp(Cr + i * n_out, row, Gnext ? Gnext + i * n_out : nullptr, n_out);
+      });
+    }
+    for (int64_t t = threadIdx.x; t < NN * dim; t += kThreads) {
+      const int64_t ij = t / dim, jd = t % P;
+      A acc = A(0);
+      for (int64_t r = r_first; r < R; ++r) {
+        acc += C[r * NN + ij] * GS[r * P + jd];
+        if (r < R - 1) acc += G[(r + 1) * NN + ij] * V[r * P + jd];
+      }
+      store(gu + t, acc);
+    }
+    __syncthreads();
+  }
+}
+
+size_t acc_size(DType d) { return d == DType::F64 ? sizeof(double) : sizeof(float); }
+
+}  // namespace
+
+size_t dynamic_routing_forward_workspace(const caps::Args& a) {
+  if (a.batch == 0) return 0;
+  return grid_for(a.batch) * caps::forward_scratch(a.n_in, a.n_out, a.dim) * acc_size(a.dtype);
+}
+
+int dynamic_routing_forward(const caps::Args& a, void* stream) {
+  if (a.batch == 0) return 0;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
+    forward_kernel<T><<<grid_for(a.batch), kThreads, 0, st>>>(a);
+  });
+  return last_error();
+}
+
+size_t dynamic_routing_backward_workspace(const caps::GradArgs& a) {
+  if (a.batch == 0) return 0;
+  return grid_for(a.batch) * caps::backward_scratch(a.iterations, a.n_in, a.n_out, a.dim) *
+         acc_size(a.dtype);
+}
+
+int dynamic_routing_backward(const caps::GradArgs& a, void* stream) {
+  if (a.batch == 0) return 0;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
+    backward_kernel<T><<<grid_for(a.batch), kThreads, 0, st>>>(a);
+  });
+  return last_error();
+}
+
+}  // namespace cuda
+}  // namespace kx

@@ -1,0 +1,102 @@
+"""Dynamic routing between capsules (Sabour, Frosst & Hinton 2017; MODELS.md C1).
+
+``dynamic_routing`` runs a fused kernel forward and backward (math in csrc/kexue/capsules.h; the
+autograd kernel is registered in C++, csrc/ops/capsules.cpp, and calls
+``kexue::dynamic_routing_backward``, which recomputes the routing rather than saving it).
+``reference_dynamic_routing`` is the paper's pseudo-code in plain PyTorch: the readable spec and
+the test oracle.
+
+Squash functions, with q = ‖s‖² and eps = 1e-12 (so s = 0 gives 0, never NaN):
+  ``"sabour"``: q/(1 + q) · s/sqrt(q + eps)      (the paper)
+  ``"post"``:   q/(0.5 + q) · s/sqrt(q + eps)    (the variant of the kexue.fm capsule posts,
+                                                 which grows faster near 0)
+"""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import torch
+
+SQUASHES = {"sabour": 1.0, "post": 0.5}
+SQUASH_EPS = 1e-12
+Tensor = torch.Tensor
+
+
+def _check_args(u_hat: Tensor, iterations: int, squash: str) -> None:
+    if squash not in SQUASHES:
+        raise ValueError(
+            f"kexue.ops.dynamic_routing: squash must be one of {tuple(SQUASHES)}, got {squash!r}")
+    if int(iterations) < 1:
+        raise ValueError(f"kexue.ops.dynamic_routing: iterations must be >= 1, got {iterations}")
+    if u_hat.dim() != 4:
+        raise ValueError(
+            "kexue.ops.dynamic_routing: u_hat must have shape [B, N_in, N_out, D], got "
+            f"{tuple(u_hat.shape)}")
+
+
+def dynamic_routing(
+    u_hat: Tensor,
+    iterations: int = 3,
+    *,
+    squash: str = "sabour",
+    return_couplings: bool = False,
+    detach_routing: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Routing-by-agreement: predictions ``u_hat`` [B, N_in, N_out, D] → capsules v [B, N_out, D].
+
+    b = 0; repeat ``iterations`` times: c = softmax_j(b); s_j = Σ_i c_ij û_{j|i};
+    v_j = squash(s_j); if not the last: b_ij += û_{j|i}·v_j.
+
+    The gradient flows through every iteration (as autograd through the unrolled reference).
+    ``detach_routing=True`` treats the routing logits b as constants: the gradient then flows only
+    through the final s = Σ_i c_ij û_{j|i} with c held fixed (cheaper, and a common training
+    choice). ``return_couplings=True`` also returns the final c [B, N_in, N_out] (rows sum to 1
+    over N_out; not differentiable).
+    """
+    _check_args(u_hat, iterations, squash)
+    v, c = torch.ops.kexue.dynamic_routing(u_hat, int(iterations), squash, bool(detach_routing))
+    return (v, c) if return_couplings else v
+
+
+@torch.library.register_fake("kexue::dynamic_routing")
+def _dynamic_routing_fake(u_hat, iterations, squash, detach_routing):
+    torch._check(u_hat.dim() == 4, lambda: "kexue.dynamic_routing: u_hat must be 4-d")
+    B, n_in, n_out, D = u_hat.shape
+    return u_hat.new_empty((B, n_out, D)), u_hat.new_empty((B, n_in, n_out))
+
+
+@torch.library.register_fake("kexue::dynamic_routing_backward")
+def _dynamic_routing_backward_fake(grad_v, u_hat, iterations, squash, detach_routing):
+    return torch.empty_like(u_hat, memory_format=torch.contiguous_format)
+
+
+def reference_squash(s: Tensor, squash: str = "sabour") -> Tensor:
+    k = SQUASHES[squash]
+    q = (s * s).sum(-1, keepdim=True)
+    return q / (k + q) * s / torch.sqrt(q + SQUASH_EPS)
+
+
+def reference_dynamic_routing(
+    u_hat: Tensor,
+    iterations: int = 3,
+    *,
+    squash: str = "sabour",
+    return_couplings: bool = False,
+    detach_routing: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """``dynamic_routing`` written straight from the paper's Procedure 1 (autograd does the
+    backward; half inputs are computed in fp32 and rounded at the end, like the kernel)."""
+    _check_args(u_hat, iterations, squash)
+    dtype = u_hat.dtype
+    u = u_hat if dtype == torch.float64 else u_hat.float()
+    b = torch.zeros(u.shape[:3], dtype=u.dtype, device=u.device)  # b_ij = 0
+    for r in range(iterations):
+        c = torch.softmax(b, dim=2)  # c_i = softmax(b_i) over the output capsules j
+        if detach_routing:
+            c = c.detach()
+        s = (c.unsqueeze(-1) * u).sum(1)  # s_j = Σ_i c_ij û_{j|i}
+        v = reference_squash(s, squash)  # v_j = squash(s_j)
+        if r + 1 < iterations:
+            b = b + (u * v.unsqueeze(1)).sum(-1)  # b_ij += û_{j|i}·v_j
+    v, c = v.to(dtype), c.detach().to(dtype)
+    return (v, c) if return_couplings else v
