@@ -45,4 +45,14 @@ TORCH_LIBRARY(kexue, m) {
         "-> (Tensor, Tensor)");
   m.def("dynamic_routing_backward(Tensor grad_v, Tensor u_hat, int iterations, str squash, "
         "bool detach_routing) -> Tensor");
+
+  // Capsules: EM routing (Hinton et al. 2018) over votes [B, N_in, N_out, H], a_in [B, N_in],
+  // beta_u, beta_a [N_out]; lambda ramps linearly to final_lambda. Returns (mu [B, N_out, H],
+  // a_out [B, N_out]); the backward recomputes the EM iterations and returns the gradients of
+  // (votes, a_in, beta_u, beta_a).
+  m.def("em_routing(Tensor votes, Tensor a_in, Tensor beta_u, Tensor beta_a, int iterations, "
+        "float final_lambda, float eps) -> (Tensor, Tensor)");
+  m.def("em_routing_backward(Tensor grad_mu, Tensor grad_a, Tensor votes, Tensor a_in, "
+        "Tensor beta_u, Tensor beta_a, int iterations, float final_lambda, float eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
 }

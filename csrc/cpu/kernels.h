@@ -4,6 +4,7 @@
 #include "kexue/activations.h"
 #include "kexue/capsules.h"
 #include "kexue/coupling.h"
+#include "kexue/em_routing.h"
 #include "kexue/spectral_norm.h"
 
 namespace kx {
@@ -18,5 +19,7 @@ void spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a);
 void activation_derivatives(const act::Args& a);
 void dynamic_routing_forward(const caps::Args& a);
 void dynamic_routing_backward(const caps::GradArgs& a);
+void em_routing_forward(const em::Args& a);
+void em_routing_backward(const em::GradArgs& a);
 }  // namespace cpu
 }  // namespace kx

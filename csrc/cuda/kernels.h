@@ -7,6 +7,7 @@
 #include "kexue/activations.h"
 #include "kexue/capsules.h"
 #include "kexue/coupling.h"
+#include "kexue/em_routing.h"
 #include "kexue/spectral_norm.h"
 
 namespace kx {
@@ -40,5 +41,10 @@ size_t dynamic_routing_forward_workspace(const caps::Args& a);  // bytes, for a.
 int dynamic_routing_forward(const caps::Args& a, void* stream);
 size_t dynamic_routing_backward_workspace(const caps::GradArgs& a);  // bytes
 int dynamic_routing_backward(const caps::GradArgs& a, void* stream);
+
+size_t em_routing_forward_workspace(const em::Args& a);  // bytes, for a.workspace
+int em_routing_forward(const em::Args& a, void* stream);
+size_t em_routing_backward_workspace(const em::GradArgs& a);  // bytes
+int em_routing_backward(const em::GradArgs& a, void* stream);
 }  // namespace cuda
 }  // namespace kx

@@ -38,3 +38,7 @@ __all__ += ["logdet_power_series", "iresnet_mlp_logdet", "reference_logdet_power
 from kexue.ops.capsules import dynamic_routing, reference_dynamic_routing  # noqa: E402
 
 __all__ += ["dynamic_routing", "reference_dynamic_routing"]
+
+from kexue.ops.em_routing import em_routing, reference_em_routing  # noqa: E402
+
+__all__ += ["em_routing", "reference_em_routing"]
