@@ -64,3 +64,41 @@ def test_bad_input():
     model = CapsNet(conv_channels=8, primary_caps=2)
     with pytest.raises(ValueError, match=r"expected images \[B, 1, 8, 8\]"):
         model(torch.zeros(2, 8, 8))
+
+
+def test_spread_loss_formula():
+    from kexue.models.capsules import spread_loss
+
+    a = torch.tensor([[0.9, 0.5, 0.1]])
+    # i = 1: max(0, 0.8 - 0.4)^2 = 0.16; i = 2: max(0, 0.8 - 0.8)^2 = 0
+    torch.testing.assert_close(spread_loss(a, torch.tensor([0]), 0.8), torch.tensor([0.16]))
+
+
+def test_matrix_capsnet_trains_and_round_trips():
+    from kexue.data import load_digits
+    from kexue.models.capsules import MatrixCapsNet
+
+    x, y = load_digits("train")
+    torch.manual_seed(0)
+    model = MatrixCapsNet(conv_channels=16, primary_types=4, conv_types=4, margin_steps=50)
+    a = model(x[:3])
+    assert a.shape == (3, 10) and ((a > 0) & (a < 1)).all()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    accs = []
+    for _ in range(60):
+        idx = torch.randint(0, len(x), (64,))
+        out = model.loss((x[idx], y[idx]))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        accs.append(out["acc"].item())
+    assert sum(accs[-10:]) / 10 > 0.4  # chance is 0.1
+    assert int(model.step) == 60 and abs(model.margin() - 0.9) < 1e-9
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    fresh = MatrixCapsNet(conv_channels=16, primary_types=4, conv_types=4, margin_steps=50)
+    fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue())))
+    torch.testing.assert_close(fresh(x[:5]), model(x[:5]))
+    assert int(fresh.step) == 60
+    with pytest.raises(ValueError, match="expected images"):
+        model(torch.zeros(2, 1, 6, 6))

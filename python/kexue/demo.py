@@ -53,7 +53,8 @@ def iresnet(out_dir: Path, scale: float = 1.0) -> None:
 
 def capsules(out_dir: Path, scale: float = 1.0) -> None:
     """CapsNet on the 8×8 digits, then the posts' experiment: images of two overlaid digits,
-    read off as the two longest class capsules (the net never saw such images)."""
+    read off as the two longest class capsules (the net never saw such images); then matrix
+    capsules with EM routing."""
     from kexue.data import get_dataset, load_digits
     from kexue.models.capsules import overlapping_digits, top2_accuracy
     from kexue.train import registry, train
@@ -70,6 +71,12 @@ def capsules(out_dir: Path, scale: float = 1.0) -> None:
     print(f"capsnet on digits: {steps} steps in {time.perf_counter() - t0:.0f} s, test accuracy "
           f"{res['test']['acc']:.4f}; two overlaid test digits, both among the top-2 capsules: "
           f"{top2_accuracy(model, images, pairs):.3f} (1000 pairs)")
+    out = _fresh(out_dir / "matrixcaps-digits")
+    t0 = time.perf_counter()
+    res = train("matrixcaps", "digits", steps=steps, batch_size=64, out_dir=out, progress=False, eval_every=steps,
+                lr=3e-3)
+    print(f"matrix capsules (EM routing) on digits: {steps} steps in {time.perf_counter() - t0:.0f} s, "
+          f"test accuracy {res['test']['acc']:.4f}")
 
 
 def run(out_dir: str = "runs/demo", scale: float = 1.0) -> None:
