@@ -102,3 +102,7 @@ def test_matrix_capsnet_trains_and_round_trips():
     assert int(fresh.step) == 60
     with pytest.raises(ValueError, match="expected images"):
         model(torch.zeros(2, 1, 6, 6))
+    strided = MatrixCapsNet(conv_channels=8, primary_types=2, conv_types=2, kernel=2, stride=2)
+    assert strided.side2 == 2 and strided(x[:2]).shape == (2, 10)
+    with pytest.raises(ValueError, match="too small"):
+        MatrixCapsNet(kernel=5)

@@ -128,11 +128,19 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
         if compile_reference and case.compile_reference:
             variants["compiled"] = torch.compile(case.reference)
         variants.update(case.peers)
-        steps = {}
+        steps, peak_mb = {}, {}
         for label, fn in variants.items():
             if log:
                 log(f"  {case.op} {case.name} {case.mode}: preparing {label}")
             steps[label] = _step(fn, case, inputs)  # first call: compiles where it must
+        if device.startswith("cuda"):  # peak memory of one call of each variant
+            for label, run in steps.items():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                run()
+                torch.cuda.synchronize()
+                peak_mb[label] = (torch.cuda.max_memory_allocated() - base) / 2**20
         times = {label: [] for label in steps}
         for _ in range(rounds):
             for label, run in steps.items():
@@ -142,6 +150,8 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
                "dtype": str(first.dtype).replace("torch.", "") if first is not None else "float32"}
         for label, ts in times.items():
             row[f"{label}_us"] = statistics.median(ts) * 1e6
+        for label, mb in peak_mb.items():
+            row[f"{label}_peak_MB"] = mb
         row["x_eager"] = row["eager_us"] / row["ours_us"]
         if "compiled_us" in row:
             row["x_compiled"] = row["compiled_us"] / row["ours_us"]
@@ -162,6 +172,9 @@ def format_table(results: List[dict]) -> str:
     has_bw = any("GBps" in r for r in results)
     if has_bw:
         cols += ["GB/s", "% copy BW"]
+    has_mem = any("ours_peak_MB" in r for r in results)
+    if has_mem:
+        cols += ["peak MB ours", "peak MB eager"]
 
     def fmt(v):
         return "—" if v is None else (f"{v:.2f}" if isinstance(v, float) and v < 10 else f"{v:.0f}" if isinstance(v, float) else str(v))
@@ -173,6 +186,8 @@ def format_table(results: List[dict]) -> str:
         vals += [r.get("x_eager"), r.get("x_compiled")]
         if has_bw:
             vals += [r.get("GBps"), r.get("pct_copy_bw")]
+        if has_mem:
+            vals += [r.get("ours_peak_MB"), r.get("eager_peak_MB")]
         lines.append("| " + " | ".join(fmt(v) for v in vals) + " |")
     return "\n".join(lines)
 

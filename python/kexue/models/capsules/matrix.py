@@ -32,15 +32,15 @@ class MatrixCapsNet(nn.Module):
 
     def __init__(self, event_shape: Sequence[int] = (1, 8, 8), n_levels: Optional[int] = 17, n_classes: int = 10,
                  conv_channels: int = 32, primary_types: int = 8, conv_types: int = 8, kernel: int = 3,
-                 iterations: int = 3, final_lambda: float = 0.01, margin_steps: int = 1000):
+                 stride: int = 1, iterations: int = 3, final_lambda: float = 0.01, margin_steps: int = 1000):
         super().__init__()
         c, h, w = event_shape
         self.event_shape, self.n_levels, self.n_classes = tuple(event_shape), n_levels, n_classes
-        self.iterations, self.final_lambda, self.kernel = iterations, final_lambda, kernel
+        self.iterations, self.final_lambda, self.kernel, self.stride = iterations, final_lambda, kernel, stride
         self.primary_types, self.conv_types, self.margin_steps = primary_types, conv_types, margin_steps
         self.conv1 = nn.Conv2d(c, conv_channels, 3, stride=2, padding=1)
         self.side1 = (h + 1) // 2
-        self.side2 = self.side1 - kernel + 1
+        self.side2 = (self.side1 - kernel) // stride + 1
         if self.side2 < 1 or h != w:
             raise ValueError(f"MatrixCapsNet: images {h}×{w} too small for a {kernel}×{kernel} capsule layer")
         self.primary_pose = nn.Conv2d(conv_channels, primary_types * 16, 1)
@@ -61,14 +61,14 @@ class MatrixCapsNet(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"MatrixCapsNet: expected images [B, {', '.join(map(str, self.event_shape))}], "
                              f"got {list(x.shape)}")
-        b, k, s1, s2 = x.shape[0], self.kernel, self.side1, self.side2
+        b, k, st, s1, s2 = x.shape[0], self.kernel, self.stride, self.side1, self.side2
         h = F.relu(self.conv1(self._scale(x)))
         pose = self.primary_pose(h).view(b, self.primary_types, 16, s1, s1).permute(0, 3, 4, 1, 2)
         act = torch.sigmoid(self.primary_act(h)).permute(0, 2, 3, 1)  # [b, s1, s1, types]
         # K×K windows of capsules → one routing problem per output position
-        pose_w = pose.unfold(1, k, 1).unfold(2, k, 1)  # [b, s2, s2, types, 16, k, k]
+        pose_w = pose.unfold(1, k, st).unfold(2, k, st)  # [b, s2, s2, types, 16, k, k]
         pose_w = pose_w.permute(0, 1, 2, 5, 6, 3, 4).reshape(b * s2 * s2, k * k * self.primary_types, 4, 4)
-        act_w = act.unfold(1, k, 1).unfold(2, k, 1).permute(0, 1, 2, 4, 5, 3).reshape(b * s2 * s2, -1)
+        act_w = act.unfold(1, k, st).unfold(2, k, st).permute(0, 1, 2, 4, 5, 3).reshape(b * s2 * s2, -1)
         votes = torch.einsum("nipq,icqr->nicpr", pose_w, self.W_conv).flatten(3)
         mu, a = em_routing(votes.contiguous(), act_w.contiguous(), self.beta_u1, self.beta_a1, self.iterations,
                            final_lambda=self.final_lambda)
