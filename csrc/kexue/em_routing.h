@@ -55,33 +55,31 @@ template <typename A> KX_HOST_DEVICE void sigmoid_and_log(A x, A* s, A* ls) {
   *ls = kx::min(x, A(0)) - kx::log1p_unit(z);
 }
 
-struct Args {
+// What the forward and the backward launch share: the problem and its inputs.
+struct Problem {
   DType dtype;  // F32 or F64
   int64_t iterations;
   double final_lambda, eps;
   int64_t batch, n_in, n_out, dim;
-  const void* votes;  // [batch, n_in, n_out, dim]
-  const void* a_in;   // [batch, n_in]
-  const void* beta_u; // [n_out]
-  const void* beta_a; // [n_out]
-  void* mu;           // [batch, n_out, dim]
-  void* a_out;        // [batch, n_out]
+  const void* votes;   // [batch, n_in, n_out, dim]
+  const void* a_in;    // [batch, n_in]
+  const void* beta_u;  // [n_out]
+  const void* beta_a;  // [n_out]
   void* workspace;
 };
 
-struct GradArgs {
-  DType dtype;
-  int64_t iterations;
-  double final_lambda, eps;
-  int64_t batch, n_in, n_out, dim;
+struct Args : Problem {
+  void* mu;     // [batch, n_out, dim]
+  void* a_out;  // [batch, n_out]
+};
+
+struct GradArgs : Problem {
   const void* grad_mu;  // [batch, n_out, dim]
   const void* grad_a;   // [batch, n_out]
-  const void *votes, *a_in, *beta_u, *beta_a;
-  void* grad_votes;   // [batch, n_in, n_out, dim]
-  void* grad_a_in;    // [batch, n_in]
-  void* grad_beta_u;  // [batch, n_out] per sample (the glue sums over the batch)
-  void* grad_beta_a;  // [batch, n_out]
-  void* workspace;
+  void* grad_votes;     // [batch, n_in, n_out, dim]
+  void* grad_a_in;      // [batch, n_in]
+  void* grad_beta_u;    // [batch, n_out] per sample (the glue sums over the batch)
+  void* grad_beta_a;    // [batch, n_out]
 };
 
 // Scratch of one sample in units of the acc type.

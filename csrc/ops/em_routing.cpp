@@ -44,6 +44,24 @@ DType em_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? DType::F64 : DType::F32;
 }
 
+em::Problem problem_of(const Shape& s, const at::Tensor& votes, const at::Tensor& a_in, const at::Tensor& beta_u,
+                       const at::Tensor& beta_a, int64_t iterations, double final_lambda, double eps) {
+  em::Problem p{};
+  p.dtype = em_dtype(votes);
+  p.iterations = iterations;
+  p.final_lambda = final_lambda;
+  p.eps = eps;
+  p.batch = s.B;
+  p.n_in = s.I;
+  p.n_out = s.J;
+  p.dim = s.H;
+  p.votes = votes.data_ptr();
+  p.a_in = a_in.data_ptr();
+  p.beta_u = beta_u.data_ptr();
+  p.beta_a = beta_a.data_ptr();
+  return p;
+}
+
 std::tuple<at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
                                                       const at::Tensor& a_in,
                                                       const at::Tensor& beta_u,
@@ -56,18 +74,7 @@ std::tuple<at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
   at::Tensor a_out = at::empty({s.B, s.J}, V.options());
   if (s.B == 0 || s.J == 0) return {mu, a_out};
   em::Args a{};
-  a.dtype = em_dtype(V);
-  a.iterations = iterations;
-  a.final_lambda = final_lambda;
-  a.eps = eps;
-  a.batch = s.B;
-  a.n_in = s.I;
-  a.n_out = s.J;
-  a.dim = s.H;
-  a.votes = V.data_ptr();
-  a.a_in = ain.data_ptr();
-  a.beta_u = bu.data_ptr();
-  a.beta_a = ba.data_ptr();
+  static_cast<em::Problem&>(a) = problem_of(s, V, ain, bu, ba, iterations, final_lambda, eps);
   a.mu = mu.data_ptr();
   a.a_out = a_out.data_ptr();
 #ifdef KEXUE_WITH_CUDA
@@ -108,20 +115,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
     return {gV, gain, at::zeros_like(bu), at::zeros_like(ba)};
   }
   em::GradArgs a{};
-  a.dtype = em_dtype(V);
-  a.iterations = iterations;
-  a.final_lambda = final_lambda;
-  a.eps = eps;
-  a.batch = s.B;
-  a.n_in = s.I;
-  a.n_out = s.J;
-  a.dim = s.H;
+  static_cast<em::Problem&>(a) = problem_of(s, V, ain, bu, ba, iterations, final_lambda, eps);
   a.grad_mu = gmu.data_ptr();
   a.grad_a = ga.data_ptr();
-  a.votes = V.data_ptr();
-  a.a_in = ain.data_ptr();
-  a.beta_u = bu.data_ptr();
-  a.beta_a = ba.data_ptr();
   a.grad_votes = gV.data_ptr();
   a.grad_a_in = gain.data_ptr();
   a.grad_beta_u = gbu_b.data_ptr();
