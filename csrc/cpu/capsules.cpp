@@ -14,23 +14,6 @@ namespace {
 
 using caps::Squash;
 
-// s[j, :] = Σ_i w[i, j] u[i, j, :]
-template <typename T, typename A>
-void weighted_sum(const T* u, const A* w, A* s, int64_t n_in, int64_t n_out, int64_t dim) {
-  const int64_t P = n_out * dim;
-  for (int64_t k = 0; k < P; ++k) s[k] = A(0);
-  for (int64_t i = 0; i < n_in; ++i) {
-    const T* ui = u + i * P;
-    const A* wi = w + i * n_out;
-    for (int64_t j = 0; j < n_out; ++j) {
-      const A c = wi[j];
-      A* sj = s + j * dim;
-      const T* uij = ui + j * dim;
-      for (int64_t d = 0; d < dim; ++d) sj[d] += c * static_cast<A>(uij[d]);
-    }
-  }
-}
-
 // s[j, :] += w[j] u[j, :] for one input capsule (u, w its rows)
 template <typename T, typename A>
 void weighted_sum_add(const T* u, const A* w, A* s, int64_t n_out, int64_t dim) {
@@ -40,6 +23,13 @@ void weighted_sum_add(const T* u, const A* w, A* s, int64_t n_out, int64_t dim) 
     const T* uj = u + j * dim;
     for (int64_t d = 0; d < dim; ++d) sj[d] += c * static_cast<A>(uj[d]);
   }
+}
+
+// s[j, :] = Σ_i w[i, j] u[i, j, :]
+template <typename T, typename A>
+void weighted_sum(const T* u, const A* w, A* s, int64_t n_in, int64_t n_out, int64_t dim) {
+  for (int64_t k = 0; k < n_out * dim; ++k) s[k] = A(0);
+  for (int64_t i = 0; i < n_in; ++i) weighted_sum_add(u + i * n_out * dim, w + i * n_out, s, n_out, dim);
 }
 
 // out[i, j] (+)= u[i, j, :] · x[j, :]

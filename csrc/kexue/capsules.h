@@ -90,27 +90,25 @@ KX_HOST_DEVICE void softmax_row_vjp(const A* c, A* gc, const A* prev, int64_t n)
   for (int64_t j = 0; j < n; ++j) gc[j] = c[j] * (gc[j] - dot) + (prev ? prev[j] : A(0));
 }
 
-struct Args {
+// What the forward and the backward launch share.
+struct Problem {
   DType dtype;
   Squash squash;
   int64_t iterations;
   int64_t batch, n_in, n_out, dim;
   const void* u;  // [batch, n_in, n_out, dim]
-  void* v;        // [batch, n_out, dim]
-  void* c;        // [batch, n_in, n_out], final couplings, same dtype as u
   void* workspace;
 };
 
-struct GradArgs {
-  DType dtype;
-  Squash squash;
-  int64_t iterations;
+struct Args : Problem {
+  void* v;  // [batch, n_out, dim]
+  void* c;  // [batch, n_in, n_out], final couplings, same dtype as u
+};
+
+struct GradArgs : Problem {
   bool detach_routing;
-  int64_t batch, n_in, n_out, dim;
   const void* grad_v;  // [batch, n_out, dim]
-  const void* u;
-  void* grad_u;  // [batch, n_in, n_out, dim]
-  void* workspace;
+  void* grad_u;        // [batch, n_in, n_out, dim]
 };
 
 // Scratch of one sample, in units of the acc type: forward and backward.

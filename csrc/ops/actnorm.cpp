@@ -102,9 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(
 #ifdef KEXUE_WITH_CUDA
   if (x.is_cuda()) {
     c10::cuda::CUDAGuard guard(x.device());
-    const size_t bytes = cuda::actnorm_backward_workspace(a);
-    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
-    a.workspace = ws.data_ptr();
+    at::Tensor ws;
+    a.workspace = scratch(ws, cuda::actnorm_backward_workspace(a), x);
     check_cuda_launch(cuda::actnorm_backward(a, stream_of(x)), op);
   } else
 #endif

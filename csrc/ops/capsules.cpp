@@ -30,6 +30,20 @@ void check_u_hat(const at::Tensor& u_hat, int64_t iterations, const char* op) {
   TORCH_CHECK(iterations >= 1, op, ": iterations must be >= 1, got ", iterations);
 }
 
+// u: contiguous u_hat [B, N_in, N_out, D], already checked.
+caps::Problem problem_of(const at::Tensor& u, caps::Squash squash, int64_t iterations, const char* op) {
+  caps::Problem p{};
+  p.dtype = kx_dtype(u, op, "u_hat");
+  p.squash = squash;
+  p.iterations = iterations;
+  p.batch = u.size(0);
+  p.n_in = u.size(1);
+  p.n_out = u.size(2);
+  p.dim = u.size(3);
+  p.u = u.data_ptr();
+  return p;
+}
+
 std::tuple<at::Tensor, at::Tensor> dynamic_routing_forward(const at::Tensor& u_hat,
                                                            int64_t iterations,
                                                            c10::string_view squash,
@@ -48,22 +62,14 @@ std::tuple<at::Tensor, at::Tensor> dynamic_routing_forward(const at::Tensor& u_h
   }
 
   caps::Args a{};
-  a.dtype = kx_dtype(u, kOp, "u_hat");
-  a.squash = sq;
-  a.iterations = iterations;
-  a.batch = B;
-  a.n_in = n_in;
-  a.n_out = n_out;
-  a.dim = D;
-  a.u = u.data_ptr();
+  static_cast<caps::Problem&>(a) = problem_of(u, sq, iterations, kOp);
   a.v = v.data_ptr();
   a.c = c.data_ptr();
 #ifdef KEXUE_WITH_CUDA
   if (u.is_cuda()) {
     c10::cuda::CUDAGuard guard(u.device());
-    const size_t bytes = cuda::dynamic_routing_forward_workspace(a);
-    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, u.options().dtype(at::kByte));
-    a.workspace = bytes ? ws.data_ptr() : nullptr;
+    at::Tensor ws;
+    a.workspace = scratch(ws, cuda::dynamic_routing_forward_workspace(a), u);
     check_cuda_launch(cuda::dynamic_routing_forward(a, stream_of(u)), kOp);
     return {v, c};
   }
@@ -89,23 +95,15 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
   if (u.numel() == 0) return gu.zero_();
 
   caps::GradArgs a{};
-  a.dtype = kx_dtype(u, op, "u_hat");
-  a.squash = sq;
-  a.iterations = iterations;
+  static_cast<caps::Problem&>(a) = problem_of(u, sq, iterations, op);
   a.detach_routing = detach_routing;
-  a.batch = B;
-  a.n_in = n_in;
-  a.n_out = n_out;
-  a.dim = D;
   a.grad_v = g.data_ptr();
-  a.u = u.data_ptr();
   a.grad_u = gu.data_ptr();
 #ifdef KEXUE_WITH_CUDA
   if (u.is_cuda()) {
     c10::cuda::CUDAGuard guard(u.device());
-    const size_t bytes = cuda::dynamic_routing_backward_workspace(a);
-    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, u.options().dtype(at::kByte));
-    a.workspace = bytes ? ws.data_ptr() : nullptr;
+    at::Tensor ws;
+    a.workspace = scratch(ws, cuda::dynamic_routing_backward_workspace(a), u);
     check_cuda_launch(cuda::dynamic_routing_backward(a, stream_of(u)), op);
     return gu;
   }

@@ -58,6 +58,14 @@ inline void* stream_of(const at::Tensor& t) {
   return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
 }
 
+// Device scratch for a launcher: `keep` holds the memory until the launch is enqueued (the
+// caching allocator keeps it valid for the stream); null when no bytes are needed.
+inline void* scratch(at::Tensor& keep, size_t bytes, const at::Tensor& like) {
+  if (bytes == 0) return nullptr;
+  keep = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  return keep.data_ptr();
+}
+
 inline void check_cuda_launch(int err, const char* op) {
   TORCH_CHECK(err == 0, op, ": CUDA kernel launch failed: ", cuda::error_string(err));
 }

@@ -107,9 +107,8 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x,
 #ifdef KEXUE_WITH_CUDA
   if (x.is_cuda()) {
     c10::cuda::CUDAGuard guard(x.device());
-    const size_t bytes = cuda::coupling_forward_workspace(a);
-    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
-    a.workspace = bytes ? ws.data_ptr() : nullptr;
+    at::Tensor ws;
+    a.workspace = scratch(ws, cuda::coupling_forward_workspace(a), x);
     check_cuda_launch(cuda::coupling_forward(a, stream_of(x)), kOp);
     return {y, logdet};
   }

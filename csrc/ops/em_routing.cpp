@@ -80,9 +80,8 @@ std::tuple<at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
 #ifdef KEXUE_WITH_CUDA
   if (V.is_cuda()) {
     c10::cuda::CUDAGuard guard(V.device());
-    const size_t bytes = cuda::em_routing_forward_workspace(a);
-    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, V.options().dtype(at::kByte));
-    a.workspace = bytes ? ws.data_ptr() : nullptr;
+    at::Tensor ws;
+    a.workspace = scratch(ws, cuda::em_routing_forward_workspace(a), V);
     check_cuda_launch(cuda::em_routing_forward(a, stream_of(V)), kOp);
     return {mu, a_out};
   }
@@ -125,9 +124,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
 #ifdef KEXUE_WITH_CUDA
   if (V.is_cuda()) {
     c10::cuda::CUDAGuard guard(V.device());
-    const size_t bytes = cuda::em_routing_backward_workspace(a);
-    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, V.options().dtype(at::kByte));
-    a.workspace = bytes ? ws.data_ptr() : nullptr;
+    at::Tensor ws;
+    a.workspace = scratch(ws, cuda::em_routing_backward_workspace(a), V);
     check_cuda_launch(cuda::em_routing_backward(a, stream_of(V)), op);
     return {gV, gain, gbu_b.sum(0), gba_b.sum(0)};
   }

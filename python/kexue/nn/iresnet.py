@@ -54,11 +54,16 @@ class InvertibleResidualMLP(FlowLayer):
     def jacobian(self, x: Tensor, weights=None) -> Tensor:
         """Explicit ``J_g(x)`` [B, D, D] = W2 diag(act'(W1 x + b1)) W1 (differentiable)."""
         W1, b1, W2, _ = weights or self._weights()
+        return torch.einsum("dh,bh,hk->bdk", W2, self.act_slope(x, W1, b1), W1)
+
+    def act_slope(self, x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
+        """act'(W1 x + b1) [B, H], by autograd of the activation (differentiable when the
+        pre-activation is)."""
         with torch.enable_grad():
             h = torch.nn.functional.linear(x, W1, b1)
             hg = h if h.requires_grad else h.detach().requires_grad_()
             (d1,) = torch.autograd.grad(self.act(hg).sum(), hg, create_graph=h.requires_grad)
-        return torch.einsum("dh,bh,hk->bdk", W2, d1, W1)
+        return d1
 
     def logdet(self, x: Tensor, weights=None) -> Tensor:
         weights = weights or self._weights()
@@ -114,10 +119,7 @@ class ResidualFlowMLP(InvertibleResidualMLP):
         W1, b1, W2, _ = weights or self._weights()
         n = self.n_exact + int(torch.distributions.Geometric(probs=torch.tensor(self.roulette_p)).sample())
         v = torch.randn_like(x)
-        with torch.enable_grad():
-            h = torch.nn.functional.linear(x, W1, b1)
-            hg = h if h.requires_grad else h.detach().requires_grad_()
-            (d1,) = torch.autograd.grad(self.act(hg).sum(), hg, create_graph=h.requires_grad)
+        d1 = self.act_slope(x, W1, b1)
         d1_const, W1c, W2c = d1.detach(), W1.detach(), W2.detach()
         # value: sum_k (-1)^{k+1}/k v^T J^k v / P(N >= k); Neumann weights for the gradient
         value, w, neumann = x.new_zeros(x.shape[0]), v, torch.zeros_like(v)
