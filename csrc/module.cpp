@@ -1,10 +1,14 @@
 // The Python module kexue._C: loading it registers the operators (static initialisers in this
 // library); build_info() says how it was built.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <sstream>
 #include <string>
 
+#include <vector>
+
+#include "cpu/diffusion_loops.h"
 #include "cpu/isa.h"
 
 namespace py = pybind11;
@@ -49,6 +53,16 @@ void set_cpu_isa(const std::string& name) {
   }
   throw py::value_error("unknown CPU instruction set '" + name + "'; expected base, avx2 or avx512");
 }
+
+// The first n normals of the in-kernel noise keyed (seed, offset): lets the tests hold the C++
+// Philox stream against the numpy reference in kexue/ops/diffusion.py.
+std::vector<float> philox_normals(uint64_t seed, uint64_t offset, int64_t n) {
+  if (n < 0) throw py::value_error("n must be >= 0");
+  std::vector<float> out(static_cast<size_t>((n + 3) / 4 * 4));
+  kx::cpu::diffloops::fill_normals(out.data(), 0, n, seed, offset);
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -60,4 +74,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &set_cpu_isa,
         "Run the CPU kernels with this instruction set (base, avx2, avx512); for tests and "
         "benchmarks. The environment variable KEXUE_CPU_ISA sets it at start-up.");
+  m.def("_philox_normals", &philox_normals, py::arg("seed"), py::arg("offset"), py::arg("n"),
+        "The first n standard normals of the diffusion kernels' Philox noise for (seed, offset).");
 }

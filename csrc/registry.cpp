@@ -55,4 +55,20 @@ TORCH_LIBRARY(kexue, m) {
   m.def("em_routing_backward(Tensor grad_mu, Tensor grad_a, Tensor votes, Tensor a_in, "
         "Tensor beta_u, Tensor beta_a, int iterations, float final_lambda, float eps) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Diffusion (MODELS.md D1-D2). q_sample: √ᾱ·x0 + √(1−ᾱ)·noise, ᾱ per sample. The steps map
+  // x_t [batch, ...] and the predicted noise eps to the next sample; ᾱ and t are host numbers
+  // (one-element CPU tensors) or per-sample tensors on x_t's device. Noise is the given tensor or
+  // Philox in the kernel, seeded from the generator (the device's default one when None).
+  // Each returns (x_prev, x0_prediction); the second is empty unless return_x0.
+  m.def("q_sample(Tensor x0, Tensor noise, Tensor alpha_bar) -> Tensor");
+  m.def("ddpm_step(Tensor x_t, Tensor eps, Tensor t, Tensor alphas_cumprod, Tensor? noise, "
+        "Generator? generator, str variance, float? clip_x0, bool return_x0) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+  m.def("ddim_step(Tensor x_t, Tensor eps, Tensor alpha_bar_t, Tensor alpha_bar_prev, float eta, "
+        "Tensor? noise, Generator? generator, float? clip_x0, bool return_x0) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+  // Probability-flow ODE: the Euler step, or Heun's corrector when eps_next (the slope at the
+  // Euler point) is given.
+  m.def("ode_step(Tensor x_t, Tensor eps, Tensor alpha_bar_t, Tensor alpha_bar_next, Tensor? eps_next) -> Tensor");
 }

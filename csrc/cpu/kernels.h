@@ -4,6 +4,7 @@
 #include "kexue/activations.h"
 #include "kexue/capsules.h"
 #include "kexue/coupling.h"
+#include "kexue/diffusion.h"
 #include "kexue/em_routing.h"
 #include "kexue/spectral_norm.h"
 
@@ -21,5 +22,7 @@ void dynamic_routing_forward(const caps::Args& a);
 void dynamic_routing_backward(const caps::GradArgs& a);
 void em_routing_forward(const em::Args& a);
 void em_routing_backward(const em::GradArgs& a);
+void diffusion_step(const diff::StepArgs& a);
+void q_sample(const diff::QSampleArgs& a);
 }  // namespace cpu
 }  // namespace kx

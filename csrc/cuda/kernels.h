@@ -7,6 +7,7 @@
 #include "kexue/activations.h"
 #include "kexue/capsules.h"
 #include "kexue/coupling.h"
+#include "kexue/diffusion.h"
 #include "kexue/em_routing.h"
 #include "kexue/spectral_norm.h"
 
@@ -46,5 +47,8 @@ size_t em_routing_forward_workspace(const em::Args& a);  // bytes, for a.workspa
 int em_routing_forward(const em::Args& a, void* stream);
 size_t em_routing_backward_workspace(const em::GradArgs& a);  // bytes
 int em_routing_backward(const em::GradArgs& a, void* stream);
+
+int diffusion_step(const diff::StepArgs& a, void* stream);
+int q_sample(const diff::QSampleArgs& a, void* stream);
 }  // namespace cuda
 }  // namespace kx

@@ -25,21 +25,6 @@ enum class Squash : int { Sabour = 0, Post = 1 };
 // eps under the square root of |s|: s = 0 gives v = 0 and a finite gradient.
 constexpr double kSquashEps = 1e-12;
 
-KX_HOST_DEVICE float sqrt_(float x) {
-#if defined(__CUDA_ARCH__)
-  return ::sqrtf(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-KX_HOST_DEVICE double sqrt_(double x) {
-#if defined(__CUDA_ARCH__)
-  return ::sqrt(x);
-#else
-  return std::sqrt(x);
-#endif
-}
-
 template <typename A> KX_HOST_DEVICE A squash_k(Squash sq) {
   return sq == Squash::Post ? A(0.5) : A(1);
 }

@@ -122,6 +122,22 @@ KX_HOST_DEVICE float log1p_unit(float z) {
 }
 KX_HOST_DEVICE double log1p_unit(double z) { return ::log1p(z); }
 
+// Square root for both accumulation types, on the host and the device.
+KX_HOST_DEVICE float sqrt_(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrtf(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+KX_HOST_DEVICE double sqrt_(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
 template <typename A> KX_HOST_DEVICE A abs(A x) { return x < A(0) ? -x : x; }
 template <typename A> KX_HOST_DEVICE A min(A a, A b) { return a < b ? a : b; }
 

@@ -42,3 +42,19 @@ __all__ += ["dynamic_routing", "reference_dynamic_routing"]
 from kexue.ops.em_routing import em_routing, reference_em_routing  # noqa: E402
 
 __all__ += ["em_routing", "reference_em_routing"]
+
+from kexue.ops.diffusion import (  # noqa: E402
+    ddim_step,
+    ddpm_step,
+    ode_euler_step,
+    ode_heun_step,
+    q_sample,
+    reference_ddim_step,
+    reference_ddpm_step,
+    reference_ode_euler_step,
+    reference_ode_heun_step,
+    reference_q_sample,
+)
+
+__all__ += ["q_sample", "ddpm_step", "ddim_step", "ode_euler_step", "ode_heun_step", "reference_q_sample",
+            "reference_ddpm_step", "reference_ddim_step", "reference_ode_euler_step", "reference_ode_heun_step"]

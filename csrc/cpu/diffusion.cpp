@@ -1,0 +1,70 @@
+// Diffusion steps and q_sample on the CPU: each sample's elements in fixed chunks, the inner loop
+// built for the best instruction set of this CPU (fp32/fp64) or instantiated for the half types.
+// Every output element depends only on its own inputs and its flat index, so the split over
+// threads never changes a result.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "cpu/diffusion_loops.h"
+#include "cpu/isa.h"
+#include "cpu/kernels.h"
+#include "cpu/type_map.h"
+
+namespace kx {
+namespace cpu {
+namespace {
+
+diffloops::StepFn step_fn(const diff::StepArgs& a) {
+  switch (a.dtype) {
+    case DType::F16: return diffloops::step_fn<c10::Half>(a);
+    case DType::BF16: return diffloops::step_fn<c10::BFloat16>(a);
+    default: break;
+  }
+  switch (active_isa()) {
+    case Isa::Avx512: return avx512::diffusion_step_fn(a);
+    case Isa::Avx2: return avx2::diffusion_step_fn(a);
+    default: return base::diffusion_step_fn(a);
+  }
+}
+
+diffloops::QSampleFn q_sample_fn(DType dtype) {
+  switch (dtype) {
+    case DType::F16: return &diffloops::q_sample_run<c10::Half>;
+    case DType::BF16: return &diffloops::q_sample_run<c10::BFloat16>;
+    default: break;
+  }
+  switch (active_isa()) {
+    case Isa::Avx512: return avx512::q_sample_fn(dtype);
+    case Isa::Avx2: return avx2::q_sample_fn(dtype);
+    default: return base::q_sample_fn(dtype);
+  }
+}
+
+// Runs fn(b, j0, j1) over [batch, per_sample] in chunks of at most kChunk elements of one sample.
+template <typename F> void for_each_chunk(int64_t batch, int64_t per_sample, F fn) {
+  const int64_t chunks = std::max<int64_t>(1, (per_sample + kChunk - 1) / kChunk);
+  const int64_t grain =
+      std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, std::min(per_sample, kChunk)));
+  at::parallel_for(0, batch * chunks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, j0 = (task % chunks) * kChunk;
+      fn(b, j0, std::min(per_sample, j0 + kChunk));
+    }
+  });
+}
+
+}  // namespace
+
+void diffusion_step(const diff::StepArgs& a) {
+  const diffloops::StepFn fn = step_fn(a);
+  for_each_chunk(a.batch, a.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(a, b, j0, j1); });
+}
+
+void q_sample(const diff::QSampleArgs& a) {
+  const diffloops::QSampleFn fn = q_sample_fn(a.dtype);
+  for_each_chunk(a.batch, a.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(a, b, j0, j1); });
+}
+
+}  // namespace cpu
+}  // namespace kx

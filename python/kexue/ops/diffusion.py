@@ -1,0 +1,237 @@
+"""Diffusion steps (MODELS.md D1-D2): the forward noising ``q_sample`` and the sampling steps of
+DDPM, DDIM and the probability-flow ODE, each one fused pass over memory.
+
+Notation: ᾱ_t = Π_{s≤t}(1 − β_s) ("alpha_bar"), x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, and ``eps`` is the
+model's prediction of ε. The kernels (csrc/kexue/diffusion.h) write every step as
+``√ᾱ_prev·x̂0 + q·ε̂ + σ·z``; the ``reference_*`` functions below use the textbook forms instead,
+so the tests check that rewriting too.
+
+Per-sample values: ``t`` / ``alpha_bar*`` may be a Python number (one value for the batch, passed
+to the kernel as a host number: no device copy, so a CUDA graph can capture the call) or a
+tensor ``[batch]`` on the data's device.
+
+Noise: an explicit ``noise`` tensor, or Gaussian noise drawn inside the kernel by Philox4x32-10
+keyed from ``generator`` (the device's default generator when None): element i of a call is a
+pure function of (seed, offset, i) (csrc/kexue/philox.h; ``reference_philox_normals`` here), so
+a seeded generator reproduces a run on the same device and CUDA graph replays draw fresh noise.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from kexue.ops._common import acc_dtype
+
+Tensor = torch.Tensor
+Number = Union[float, int]
+
+
+def _per_sample(v, what: str) -> Tensor:
+    if isinstance(v, Tensor):
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{what} must be a float or a tensor, got {type(v).__name__}")
+    return torch.tensor(float(v), dtype=torch.float64)
+
+
+def _step_index(t) -> Tensor:
+    if isinstance(t, Tensor):
+        return t
+    if isinstance(t, bool) or not isinstance(t, int):
+        raise TypeError(f"t must be an int or an integer tensor, got {type(t).__name__}")
+    return torch.tensor(t, dtype=torch.int64)
+
+
+def q_sample(x0: Tensor, noise: Tensor, alpha_bar: Union[Tensor, Number]) -> Tensor:
+    """``√ᾱ·x0 + √(1−ᾱ)·noise`` with ``alpha_bar`` one value or ``[batch]``; differentiable in all
+    three arguments."""
+    return torch.ops.kexue.q_sample(x0, noise, _per_sample(alpha_bar, "alpha_bar"))
+
+
+def ddpm_step(x_t: Tensor, eps: Tensor, t: Union[Tensor, int], alphas_cumprod: Tensor, *,
+              noise: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+              variance: str = "beta", clip_x0: Optional[float] = None,
+              return_x0: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """One ancestral step x_t → x_{t−1} (Ho et al. 2020, eq. 11):
+    ``(x_t − β_t/√(1−ᾱ_t)·eps)/√α_t + σ_t·z`` with σ_t² = β_t (``variance="beta"``) or
+    β̃_t = β_t(1−ᾱ_{t−1})/(1−ᾱ_t) (``"beta_tilde"``); no noise at t = 0.
+
+    ``t`` is the 0-based step index into ``alphas_cumprod`` ([T]), an int or ``[batch]``.
+    ``clip_x0=c`` clips the implied x̂0 = (x_t − √(1−ᾱ_t)·eps)/√ᾱ_t to [−c, c] and takes the
+    posterior mean from it. ``return_x0`` also returns x̂0.
+    """
+    out, x0 = torch.ops.kexue.ddpm_step(x_t, eps, _step_index(t), alphas_cumprod, noise, generator,
+                                        variance, None if clip_x0 is None else float(clip_x0),
+                                        bool(return_x0))
+    return (out, x0) if return_x0 else out
+
+
+def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Union[Tensor, Number],
+              alpha_bar_prev: Union[Tensor, Number], *, eta: float = 0.0, noise: Optional[Tensor] = None,
+              generator: Optional[torch.Generator] = None, clip_x0: Optional[float] = None,
+              return_x0: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """One DDIM step (Song, Meng & Ermon 2021, eq. 12) from ᾱ_t to ᾱ_prev:
+    ``√ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε + σ·z`` with
+    σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev). η = 0 is deterministic; η = 1 with adjacent
+    steps is DDPM with σ² = β̃. With ``clip_x0``, ε is re-derived from the clipped x̂0.
+    """
+    out, x0 = torch.ops.kexue.ddim_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
+                                        _per_sample(alpha_bar_prev, "alpha_bar_prev"), float(eta), noise,
+                                        generator, None if clip_x0 is None else float(clip_x0),
+                                        bool(return_x0))
+    return (out, x0) if return_x0 else out
+
+
+def ode_euler_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Union[Tensor, Number],
+                   alpha_bar_next: Union[Tensor, Number]) -> Tensor:
+    """Euler step of the probability-flow ODE (Song et al. 2021) written in x̄ = x/√ᾱ and
+    σ = √((1−ᾱ)/ᾱ), where it reads dx̄/dσ = ε(x, σ):  x̄' = x̄ + (σ' − σ)·eps. (It coincides
+    with DDIM at η = 0.)"""
+    return torch.ops.kexue.ode_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
+                                    _per_sample(alpha_bar_next, "alpha_bar_next"), None)
+
+
+def ode_heun_step(x_t: Tensor, eps: Tensor, eps_next: Tensor, alpha_bar_t: Union[Tensor, Number],
+                  alpha_bar_next: Union[Tensor, Number]) -> Tensor:
+    """Heun's (2nd order) step of the same ODE: ``eps_next`` is the model at the Euler point
+    ``ode_euler_step(x_t, eps, ...)``; the step uses the mean slope (eps + eps_next)/2."""
+    return torch.ops.kexue.ode_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
+                                    _per_sample(alpha_bar_next, "alpha_bar_next"), eps_next)
+
+
+@torch.library.register_fake("kexue::q_sample")
+def _q_sample_fake(x0, noise, alpha_bar):
+    torch._check(x0.shape == noise.shape, lambda: "kexue.q_sample: noise must have the shape of x0")
+    return torch.empty_like(x0)
+
+
+def _step_fake(x_t, return_x0):
+    return torch.empty_like(x_t), (torch.empty_like(x_t) if return_x0 else x_t.new_empty(0))
+
+
+@torch.library.register_fake("kexue::ddpm_step")
+def _ddpm_fake(x_t, eps, t, alphas_cumprod, noise, generator, variance, clip_x0, return_x0):
+    torch._check(x_t.shape == eps.shape, lambda: "kexue.ddpm_step: eps must have the shape of x_t")
+    return _step_fake(x_t, return_x0)
+
+
+@torch.library.register_fake("kexue::ddim_step")
+def _ddim_fake(x_t, eps, alpha_bar_t, alpha_bar_prev, eta, noise, generator, clip_x0, return_x0):
+    torch._check(x_t.shape == eps.shape, lambda: "kexue.ddim_step: eps must have the shape of x_t")
+    return _step_fake(x_t, return_x0)
+
+
+@torch.library.register_fake("kexue::ode_step")
+def _ode_fake(x_t, eps, alpha_bar_t, alpha_bar_next, eps_next):
+    torch._check(x_t.shape == eps.shape, lambda: "kexue.ode_step: eps must have the shape of x_t")
+    return torch.empty_like(x_t)
+
+
+# ---------------------------------------------------------------------------------------------
+# References: the textbook formulas in plain torch (the oracle of the tests, the eager baseline
+# of the benchmarks).
+
+def _column(v, x: Tensor) -> Tensor:
+    """A per-sample value as a column broadcasting over each sample's elements, in x's acc dtype."""
+    v = torch.as_tensor(v, dtype=acc_dtype(x.dtype), device=x.device)
+    return v.reshape((-1,) + (1,) * (x.dim() - 1))
+
+
+def reference_q_sample(x0: Tensor, noise: Tensor, alpha_bar) -> Tensor:
+    ab = _column(alpha_bar, x0)
+    return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
+
+
+def _x0_pred(x_t, eps, ab, clip_x0):
+    x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    return x0 if clip_x0 is None else x0.clamp(-clip_x0, clip_x0)
+
+
+def reference_ddpm_step(x_t: Tensor, eps: Tensor, t, alphas_cumprod: Tensor, noise: Tensor, *,
+                        variance: str = "beta", clip_x0: Optional[float] = None) -> Tensor:
+    acc = acc_dtype(x_t.dtype)
+    x, e, z = x_t.to(acc), eps.to(acc), noise.to(acc)
+    sched = alphas_cumprod.to(device=x.device, dtype=acc)
+    t = torch.as_tensor(t, device=x.device).reshape(-1).long()
+    ab = _column(sched[t], x)
+    ab_prev = _column(torch.where(t > 0, sched[(t - 1).clamp_min(0)], torch.ones_like(sched[t])), x)
+    alpha = ab / ab_prev
+    beta = 1 - alpha
+    if clip_x0 is None:
+        mean = (x - beta / (1 - ab).sqrt() * e) / alpha.sqrt()
+    else:  # posterior mean of q(x_{t−1} | x_t, x̂0), Ho et al. eq. 7
+        x0 = _x0_pred(x, e, ab, clip_x0)
+        mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x
+    var = beta if variance == "beta" else beta * (1 - ab_prev) / (1 - ab)
+    var = torch.where(_column(t, x) == 0, torch.zeros_like(var), var)
+    return (mean + var.sqrt() * z).to(x_t.dtype)
+
+
+def reference_ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t, alpha_bar_prev, *, eta: float = 0.0,
+                        noise: Optional[Tensor] = None, clip_x0: Optional[float] = None) -> Tensor:
+    acc = acc_dtype(x_t.dtype)
+    x, e = x_t.to(acc), eps.to(acc)
+    ab, ab_prev = _column(alpha_bar_t, x), _column(alpha_bar_prev, x)
+    x0 = _x0_pred(x, e, ab, clip_x0)
+    if clip_x0 is not None:
+        e = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp_min(0).sqrt()
+    out = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * e
+    if eta > 0:
+        out = out + sigma * noise.to(acc)
+    return out.to(x_t.dtype)
+
+
+def _sigma(ab):
+    return ((1 - ab) / ab).sqrt()
+
+
+def reference_ode_euler_step(x_t: Tensor, eps: Tensor, alpha_bar_t, alpha_bar_next) -> Tensor:
+    acc = acc_dtype(x_t.dtype)
+    ab, ab_next = _column(alpha_bar_t, x_t), _column(alpha_bar_next, x_t)
+    xbar = x_t.to(acc) / ab.sqrt()
+    return ((xbar + (_sigma(ab_next) - _sigma(ab)) * eps.to(acc)) * ab_next.sqrt()).to(x_t.dtype)
+
+
+def reference_ode_heun_step(x_t: Tensor, eps: Tensor, eps_next: Tensor, alpha_bar_t, alpha_bar_next) -> Tensor:
+    acc = acc_dtype(x_t.dtype)
+    mean = 0.5 * (eps.to(acc) + eps_next.to(acc))
+    return reference_ode_euler_step(x_t.to(acc), mean, alpha_bar_t, alpha_bar_next).to(x_t.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The in-kernel noise, reproduced in numpy (csrc/kexue/philox.h).
+
+_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+_MASK = np.uint64(0xFFFFFFFF)
+
+
+def reference_philox4x32_10(counter: np.ndarray, key: Tuple[int, int]) -> np.ndarray:
+    """Philox4x32-10 blocks for counters ``[n, 4]`` (uint32 words) and a 64-bit key as two words."""
+    c = counter.astype(np.uint64)
+    k0, k1 = np.uint64(key[0]), np.uint64(key[1])
+    for _ in range(10):
+        p0 = _M0 * c[:, 0]
+        p1 = _M1 * c[:, 2]
+        c = np.stack([(p1 >> np.uint64(32)) ^ c[:, 1] ^ k0, p1 & _MASK,
+                      (p0 >> np.uint64(32)) ^ c[:, 3] ^ k1, p0 & _MASK], axis=1)
+        k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
+    return c.astype(np.uint32)
+
+
+def reference_philox_normals(seed: int, offset: int, n: int) -> Tensor:
+    """The ``n`` standard normals the kernels draw for a call keyed (seed, offset), as float32."""
+    groups = (n + 3) // 4
+    g = np.arange(groups, dtype=np.uint64)
+    counter = np.stack([g & _MASK, g >> np.uint64(32), np.full_like(g, offset & 0xFFFFFFFF),
+                        np.full_like(g, (offset >> 32) & 0xFFFFFFFF)], axis=1)
+    words = reference_philox4x32_10(counter, (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF))
+    w = words.astype(np.float64)
+    u1 = (np.floor(w[:, 0::2] / 256) + 1) * 2.0**-24
+    u2 = np.floor(w[:, 1::2] / 256) * 2.0**-24
+    r = np.sqrt(-2 * np.log(u1))
+    z = np.stack([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], axis=2)  # [groups, 2, 2]
+    return torch.from_numpy(z.reshape(-1)[:n].astype(np.float32))
