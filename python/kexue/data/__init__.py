@@ -1,10 +1,12 @@
 """Training data for the models, all available offline: 2-D toy densities, the 8×8 digits
-bundled with scikit-learn, and user ``.npy`` image files. ``get_dataset`` is the one entry point
+bundled with scikit-learn, user ``.npy`` image files and user ``.txt`` files of fixed-length
+lines (character ids). ``get_dataset`` is the one entry point
 the command line and the training loops use; the loaders beneath it are public for direct use.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from kexue.data.images import DIGITS_LEVELS, load_digits, load_npy_images
+from kexue.data.text import Vocabulary, load_text_lines
 from kexue.data.vectors import load_npy_vectors
 from kexue.data.toys import TOY_NAMES, toy_2d, toy_entropy, toy_log_prob
 
@@ -31,13 +34,15 @@ class Dataset:
     """A whole data set in memory: these sets are small, so no loader machinery is needed.
 
     ``n_levels`` is the number of discrete values per element (images to dequantise), or None
-    for continuous data (toys, float images).
+    for continuous data (toys, float images). ``vocab`` is the character vocabulary of text data
+    (``x`` then holds its ids), None otherwise.
     """
 
     x: torch.Tensor
     labels: torch.Tensor | None
     n_levels: int | None
     name: str
+    vocab: Vocabulary | None = None
 
     @property
     def event_shape(self) -> torch.Size:
@@ -82,6 +87,31 @@ def _npy(path: str, split: str, n: int | None) -> Dataset:
     return Dataset(x=x, labels=None, n_levels=n_levels, name=Path(path).stem)
 
 
+def _text(path: str, split: str, n: int | None) -> Dataset:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"unknown data set {path!r}: there is no such text file")
+    ids, vocab = load_text_lines(path, split)
+    x, _ = _first(ids, None, n, f"the {split!r} split of {path}")
+    return Dataset(x=x, labels=None, n_levels=len(vocab), name=Path(path).stem, vocab=vocab)
+
+
+# "$NAME" or "${NAME}" inside a data path.
+_ENV_VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
+def _expand_env(path: str) -> str:
+    """``path`` with its environment variables replaced: a registered model's default data may
+    be a corpus the user points to (e.g. "$KEXUE_POEMS"), since the package ships none."""
+    def value(m: re.Match) -> str:
+        var = m.group(1) or m.group(2)
+        if var not in os.environ:
+            raise ValueError(f"the data path {path!r} names the environment variable {var}, which is not set; "
+                             f"set {var} or pass the data path itself")
+        return os.environ[var]
+
+    return _ENV_VAR.sub(value, path)
+
+
 def get_dataset(
     name_or_path: str | os.PathLike, split: str = "train", *, n: int | None = None, seed: int = 0
 ) -> Dataset:
@@ -95,8 +125,13 @@ def get_dataset(
       vectors [N, D] such as sentence embeddings (``load_npy_vectors``); "train" is the first
       90%, "test" the last 10%, "all" everything (the file's order decides, so shuffle it
       beforehand if it is sorted).
+    - a path ending in ".txt": a UTF-8 file of equal-length lines as character ids, LongTensor
+      [N, L], with its ``vocab`` (``load_text_lines``; built from the whole file) and
+      ``n_levels = len(vocab)``; "test" is a fixed seeded 5% of the lines, "train" the rest,
+      "all" every line in file order.
 
-    For digits and .npy files, ``n`` keeps the first n examples of the split and ``seed`` is
+    Paths may name environment variables ("$KEXUE_POEMS"); an unset one is a ValueError.
+    For digits, .npy and .txt files, ``n`` keeps the first n examples of the split and ``seed`` is
     unused (their splits are fixed).
     """
     if isinstance(name_or_path, str) and name_or_path in TOY_NAMES:
@@ -105,12 +140,14 @@ def get_dataset(
         images, labels = load_digits(split)
         x, labels = _first(images, labels, n, f"the digits {split!r} split")
         return Dataset(x=x, labels=labels, n_levels=DIGITS_LEVELS, name="digits")
-    path = os.fspath(name_or_path)
+    path = _expand_env(os.fspath(name_or_path))
     if path.endswith(".npy"):
         return _npy(path, split, n)
+    if path.endswith(".txt"):
+        return _text(path, split, n)
     raise ValueError(
         f"unknown data set {path!r}; choose a toy density ({', '.join(TOY_NAMES)}), "
-        "'digits', or a path to a .npy file of images"
+        "'digits', a path to a .npy file of images, or a path to a .txt file of equal-length lines"
     )
 
 
@@ -125,4 +162,6 @@ __all__ = [
     "load_digits",
     "load_npy_images",
     "load_npy_vectors",
+    "load_text_lines",
+    "Vocabulary",
 ]
