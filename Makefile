@@ -8,11 +8,17 @@ PIP    := $(PY) -m pip
 NVCC   ?= nvcc
 # module:package pairs installed only when the module cannot be imported
 DEPS   := scikit_build_core:scikit-build-core pybind11:pybind11 ninja:ninja pytest:pytest \
-          hypothesis:hypothesis numpy:numpy sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm
+          hypothesis:hypothesis numpy:numpy scipy:scipy sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm
 
 .PHONY: demo test test-cuda bench wheel build deps cuda-check clean
 
+# The demo's poetry and sentence-matching sections read the small corpora beside the repository
+# when they are there (../shared/data); without them those sections say they are skipped.
+SHARED_DATA ?= $(abspath ../shared/data)
+
 demo: build
+	KEXUE_POEMS=$${KEXUE_POEMS:-$(wildcard $(SHARED_DATA)/poems/quatrains5.txt)} \
+	KEXUE_STSB=$${KEXUE_STSB:-$(wildcard $(SHARED_DATA)/stsb)} \
 	$(PY) -m kexue.cli demo
 
 test: build

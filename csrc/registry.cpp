@@ -71,4 +71,20 @@ TORCH_LIBRARY(kexue, m) {
   // Probability-flow ODE: the Euler step, or Heun's corrector when eps_next (the slope at the
   // Euler point) is given.
   m.def("ode_step(Tensor x_t, Tensor eps, Tensor alpha_bar_t, Tensor alpha_bar_next, Tensor? eps_next) -> Tensor");
+
+  // RoPE attention (MODELS.md E1-E2): q [B, H, Lq, d], k/v [B, Hkv, Lk, d] (GQA), RoPE from
+  // inv_freq [d/2] (None: no rotation) at positions ([Lk] or [B, Lk]; None: 0..Lk-1) times
+  // rope_scale, in the "half" or interleaved layout; masks: causal, segment_ids [B, Lk] with
+  // mask_rule "unilm" or "uniae", key_lengths [B], a boolean attn_mask. Returns (out, lse [B, H, Lq]);
+  // lse is +inf on rows with nothing visible (their output is 0).
+  m.def("rope_attention(Tensor q, Tensor k, Tensor v, Tensor? inv_freq, float rope_scale, bool interleaved, "
+        "Tensor? positions, bool causal, Tensor? segment_ids, str mask_rule, Tensor? key_lengths, "
+        "Tensor? attn_mask, float scale) -> (Tensor, Tensor)");
+  m.def("rope_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor? inv_freq, float rope_scale, bool interleaved, Tensor? positions, bool causal, "
+        "Tensor? segment_ids, str mask_rule, Tensor? key_lengths, Tensor? attn_mask, float scale) "
+        "-> (Tensor, Tensor, Tensor)");
+  // The rotation alone on x [..., L, d]; inverse rotates by the negated angle (its backward).
+  m.def("apply_rope(Tensor x, Tensor? positions, Tensor inv_freq, float rope_scale, bool interleaved, "
+        "bool inverse) -> Tensor");
 }

@@ -54,16 +54,34 @@ template <typename F> void for_each_chunk(int64_t batch, int64_t per_sample, F f
   });
 }
 
+bool uniform(const diff::PerSample& p) { return p.ptr == nullptr || p.stride == 0; }
+
+// With one set of coefficients for the whole batch, the batch is one long sample: the per-sample
+// coefficients are computed once, and small samples (2-D points) run as long vector loops. The
+// flat element index, and so the noise, is unchanged.
+template <typename Args> Args flattened(const Args& a, bool same_for_all) {
+  Args f = a;
+  if (same_for_all) {
+    f.per_sample = a.batch * a.per_sample;
+    f.batch = 1;
+  }
+  return f;
+}
+
 }  // namespace
 
 void diffusion_step(const diff::StepArgs& a) {
   const diffloops::StepFn fn = step_fn(a);
-  for_each_chunk(a.batch, a.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(a, b, j0, j1); });
+  const bool same = a.rule == diff::Rule::DDPM ? (a.t_ptr == nullptr || a.t_stride == 0)
+                                               : uniform(a.abar_t) && uniform(a.abar_prev);
+  const diff::StepArgs f = flattened(a, same);
+  for_each_chunk(f.batch, f.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(f, b, j0, j1); });
 }
 
 void q_sample(const diff::QSampleArgs& a) {
   const diffloops::QSampleFn fn = q_sample_fn(a.dtype);
-  for_each_chunk(a.batch, a.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(a, b, j0, j1); });
+  const diff::QSampleArgs f = flattened(a, uniform(a.abar));
+  for_each_chunk(f.batch, f.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(f, b, j0, j1); });
 }
 
 }  // namespace cpu

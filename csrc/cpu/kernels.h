@@ -1,6 +1,7 @@
 // CPU launchers. Same argument structs as the CUDA launchers (csrc/cuda/kernels.h).
 #pragma once
 #include "kexue/actnorm.h"
+#include "kexue/attention.h"
 #include "kexue/activations.h"
 #include "kexue/capsules.h"
 #include "kexue/coupling.h"
@@ -24,5 +25,8 @@ void em_routing_forward(const em::Args& a);
 void em_routing_backward(const em::GradArgs& a);
 void diffusion_step(const diff::StepArgs& a);
 void q_sample(const diff::QSampleArgs& a);
+void rope_attention_forward(const attn::Args& a);
+void rope_attention_backward(const attn::GradArgs& g);
+void apply_rope(const attn::RopeArgs& r);
 }  // namespace cpu
 }  // namespace kx

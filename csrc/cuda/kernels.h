@@ -4,6 +4,7 @@
 #include <cstddef>
 
 #include "kexue/actnorm.h"
+#include "kexue/attention.h"
 #include "kexue/activations.h"
 #include "kexue/capsules.h"
 #include "kexue/coupling.h"
@@ -50,5 +51,11 @@ int em_routing_backward(const em::GradArgs& a, void* stream);
 
 int diffusion_step(const diff::StepArgs& a, void* stream);
 int q_sample(const diff::QSampleArgs& a, void* stream);
+
+size_t rope_attention_workspace(const attn::Args& a);  // bytes, for a.workspace
+int rope_attention_forward(const attn::Args& a, void* stream);
+size_t rope_attention_backward_workspace(const attn::GradArgs& g);  // bytes, for g.fwd.workspace
+int rope_attention_backward(const attn::GradArgs& g, void* stream);
+int apply_rope(const attn::RopeArgs& r, void* stream);
 }  // namespace cuda
 }  // namespace kx

@@ -79,8 +79,18 @@ def capsules(out_dir: Path, scale: float = 1.0) -> None:
           f"test accuracy {res['test']['acc']:.4f}")
 
 
+# The sections in kexue.demo_sections, in the order the demo runs them (a family whose module is
+# missing from an installation is an error, not a silent skip).
+FAMILY_SECTIONS = ("diffusion", "vae", "nvae", "poetry", "gan", "infomax", "text", "unilm")
+
+
 def run(out_dir: str = "runs/demo", scale: float = 1.0) -> None:
+    import importlib
+
     torch.manual_seed(0)
     flows(Path(out_dir), scale)
     iresnet(Path(out_dir), scale)
     capsules(Path(out_dir), scale)
+    for name in FAMILY_SECTIONS:
+        torch.manual_seed(0)
+        importlib.import_module(f"kexue.demo_sections.{name}").run(Path(out_dir), scale)

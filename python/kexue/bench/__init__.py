@@ -1,5 +1,5 @@
 """Microbenchmarks: ``kexue bench [op]`` or ``python -m kexue.cli bench``."""
-from kexue.bench import capsules, flows, iresnet, spectral_norm
+from kexue.bench import capsules, diffusion, flows, iresnet, spectral_norm
 from kexue.bench.harness import Case, format_table, machine_info, run_cases, write_json
 
 # op family -> function(device) returning its cases
@@ -10,6 +10,7 @@ SUITES = {
     "spectral-norm": spectral_norm.cases,
     "iresnet": iresnet.cases,
     "capsules": capsules.cases,
+    "diffusion": diffusion.cases,
 }
 
 

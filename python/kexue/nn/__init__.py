@@ -17,3 +17,11 @@ __all__ = [
     "StandardNormal", "channel_mask", "checkerboard_mask", "InvertibleResidualMLP", "ResidualFlowMLP",
     "SpectralNorm", "spectral_norm", "spectral_norm_regularizer", "gradient_penalty",
 ]
+
+from kexue.nn.rope import RoPE  # noqa: E402
+from kexue.nn.attention import MultiHeadAttention  # noqa: E402
+from kexue.nn.transformer import FeedForward, TransformerBlock, TransformerStack, deepnorm_coefficients  # noqa: E402
+from kexue.nn.mlm import MLMEmbeddingMasker, MLMHead, mlm_mask_tokens  # noqa: E402
+
+__all__ += ["RoPE", "MultiHeadAttention", "FeedForward", "TransformerBlock", "TransformerStack",
+            "deepnorm_coefficients", "MLMEmbeddingMasker", "MLMHead", "mlm_mask_tokens"]

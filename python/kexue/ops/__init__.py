@@ -58,3 +58,13 @@ from kexue.ops.diffusion import (  # noqa: E402
 
 __all__ += ["q_sample", "ddpm_step", "ddim_step", "ode_euler_step", "ode_heun_step", "reference_q_sample",
             "reference_ddpm_step", "reference_ddim_step", "reference_ode_euler_step", "reference_ode_heun_step"]
+
+from kexue.ops.attention import (  # noqa: E402
+    apply_rope,
+    attention_mask,
+    reference_apply_rope,
+    reference_rope_attention,
+    rope_attention,
+)
+
+__all__ += ["rope_attention", "apply_rope", "attention_mask", "reference_rope_attention", "reference_apply_rope"]

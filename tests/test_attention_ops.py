@@ -1,0 +1,146 @@
+"""The fused rope_attention / apply_rope kernels against the plain-torch reference: every mask
+rule and layout, tiles cut by odd lengths, GQA, low precision, gradients, opcheck, compile."""
+import pytest
+import torch
+
+from kexue.nn import RoPE
+from kexue.ops import attention as A
+
+from conftest import low_precision_ok
+
+SCALINGS = [None, {"type": "linear", "factor": 2.0}, {"type": "ntk", "factor": 4.0},
+            {"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 32},
+            {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}]
+
+
+def qkv(B, H, Hkv, Lq, Lk, d, device, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Lq, d, generator=g, dtype=torch.float64)
+    k = torch.randn(B, Hkv, Lk, d, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Hkv, Lk, d, generator=g, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype) for t in (q, k, v)]
+
+
+def masks(B, L, device):
+    seg = torch.zeros(B, L, dtype=torch.long)
+    for b in range(B):
+        seg[b, (L // 3 + 7 * b) % L:] = 1
+    dense = torch.rand(B, 1, L, L, generator=torch.Generator().manual_seed(1)) > 0.3
+    return {
+        "none": {},
+        "causal": {"causal": True},
+        "unilm": {"segment_ids": seg.to(device), "mask_rule": "unilm"},
+        "uniae": {"segment_ids": seg.to(device), "mask_rule": "uniae"},
+        "padding": {"key_lengths": torch.tensor([L, max(1, L - 50), 3][:B], device=device)},
+        "dense": {"attn_mask": dense.to(device)},
+        "uniae+padding+causal": {"segment_ids": seg.to(device), "mask_rule": "uniae", "causal": True,
+                                 "key_lengths": torch.tensor([L - 5, L, 1][:B], device=device)},
+    }
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "unilm", "uniae", "padding", "dense", "uniae+padding+causal"])
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_forward_backward_match_reference(device, mask, layout):
+    B, H, Hkv, L, d = 3, 4, 2, 150, 16  # 150: several key tiles, the last one partial
+    q, k, v = qkv(B, H, Hkv, L, L, d, device)
+    kw = masks(B, L, device)[mask]
+    rope = RoPE(d, layout=layout)
+    pos = torch.randint(0, 500, (B, L), device=device)
+    args = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref_args = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = A.rope_attention(*args, rope=rope, positions=pos, **kw)
+    ref = A.reference_rope_attention(*ref_args, rope=rope, positions=pos, **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, args, g)
+    ref_grads = torch.autograd.grad(ref, ref_args, g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_rope_scalings_inside_the_kernel(device, scaling):
+    q, k, v = qkv(2, 2, 1, 40, 40, 8, device)
+    rope = RoPE(8, scaling=scaling)
+    torch.testing.assert_close(A.rope_attention(q, k, v, rope=rope, causal=True),
+                               A.reference_rope_attention(q, k, v, rope=rope, causal=True), rtol=1e-10, atol=1e-10)
+    x = torch.randn(2, 3, 40, 8, dtype=torch.float64, device=device)
+    torch.testing.assert_close(A.apply_rope(x, None, rope), A.reference_apply_rope(x, None, rope), rtol=1e-12, atol=1e-12)
+
+
+def test_decode_step_queries_take_the_last_positions(device):
+    q, k, v = qkv(2, 4, 4, 3, 70, 8, device)
+    rope = RoPE(8)
+    for kw in ({"causal": True}, {"causal": False}):
+        torch.testing.assert_close(A.rope_attention(q, k, v, rope=rope, **kw),
+                                   A.reference_rope_attention(q, k, v, rope=rope, **kw), rtol=1e-10, atol=1e-10)
+
+
+def test_fully_masked_rows_are_zero_with_zero_gradient(device):
+    q, k, v = qkv(2, 2, 2, 9, 9, 8, device)
+    mask = torch.ones(2, 1, 9, 9, dtype=torch.bool, device=device)
+    mask[:, :, 4] = False  # row 4 sees nothing
+    args = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = A.rope_attention(*args, rope=RoPE(8), attn_mask=mask)
+    assert torch.isfinite(out).all() and (out[:, :, 4] == 0).all()
+    grads = torch.autograd.grad(out.sum(), args)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][:, :, 4] == 0).all()
+
+
+def test_gradcheck(device):
+    q, k, v = qkv(1, 2, 1, 6, 6, 4, device)
+    seg = torch.tensor([[0, 0, 0, 1, 1, 1]], device=device)
+    rope = RoPE(4, scaling={"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4})
+    for kw in ({"causal": True}, {"segment_ids": seg, "mask_rule": "unilm"}, {"segment_ids": seg, "mask_rule": "uniae"}):
+        fn = lambda a, b, c: A.rope_attention(a, b, c, rope=rope, **kw)
+        assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in (q, k, v)])
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: A.apply_rope(t, None, rope), [x])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision(device, dtype):
+    q, k, v = qkv(2, 4, 2, 97, 97, 32, device)
+    seg = torch.zeros(2, 97, dtype=torch.long, device=device)
+    seg[:, 40:] = 1
+    kw = dict(rope=RoPE(32), segment_ids=seg, mask_rule="unilm")
+    hi = A.reference_rope_attention(q, k, v, **kw)
+    low = [t.to(dtype) for t in (q, k, v)]
+    ok, info = low_precision_ok(A.rope_attention(*low, **kw), A.reference_rope_attention(*low, **kw), hi)
+    assert ok, info
+
+
+def test_opcheck(device):
+    q, k, v = qkv(2, 2, 1, 7, 7, 4, device)
+    rope = RoPE(4)
+    inv, rs, inter = rope.kernel_args(7, device)
+    seg = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]], device=device)
+    pos = torch.arange(7, device=device).expand(2, 7).contiguous()
+    args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), inv, rs, inter, pos, True, seg, "uniae",
+            torch.tensor([7, 5], device=device), None, 0.5)
+    torch.library.opcheck(torch.ops.kexue.rope_attention, args)
+    x = torch.randn(2, 3, 7, 4, dtype=torch.float64, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.kexue.apply_rope, (x, pos, inv, rs, inter, False))
+
+
+def test_compile_fullgraph():
+    q, k, v = qkv(1, 2, 2, 9, 9, 8, "cpu", torch.float32)
+    rope = RoPE(8)
+
+    def f(q, k, v):
+        return A.rope_attention(q, k, v, rope=rope, causal=True) + A.apply_rope(q, None, rope)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
+
+
+def test_kernel_bad_inputs():
+    q, k, v = qkv(1, 3, 2, 5, 5, 4, "cpu")
+    with pytest.raises((RuntimeError, ValueError, TypeError), match="multiple of"):
+        A.rope_attention(q, k, v)
+    q, k, v = qkv(1, 2, 1, 5, 5, 4, "cpu")
+    with pytest.raises((RuntimeError, ValueError, TypeError), match="mask_rule"):
+        A.rope_attention(q, k, v, segment_ids=torch.zeros(1, 5, dtype=torch.long), mask_rule="prefix")
+    with pytest.raises((RuntimeError, ValueError, TypeError), match="attn_mask"):
+        A.rope_attention(q, k, v, attn_mask=torch.ones(1, 1, 5, 5))
