@@ -84,18 +84,27 @@ bool tile_scores(const attn::Args& a, const A* qr, const A* kr, int64_t b, int64
 
 template <typename A> A exp_acc(A x) { return kx::exp(x); }
 
+// v in the accumulation type, converted once rather than once per (query, key) pair.
+template <typename T, typename A> std::vector<A> to_acc(const T* x, int64_t n) {
+  std::vector<A> out(n);
+  at::parallel_for(0, n, kGrainElems, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<A>(x[i]);
+  });
+  return out;
+}
+
 template <typename T> void forward_impl(const attn::Args& a) {
   using A = acc_t<T>;
   const int64_t B = a.B, H = a.H, Hkv = a.Hkv, Lq = a.Lq, Lk = a.Lk, d = a.d, G = H / Hkv;
   std::vector<A> qr(B * H * Lq * d), kr(B * Hkv * Lk * d);
   rope_rows<T, A, A>(static_cast<const T*>(a.q), qr.data(), B, H, Lq, d, Lk - Lq, a.rope, false);
   rope_rows<T, A, A>(static_cast<const T*>(a.k), kr.data(), B, Hkv, Lk, d, 0, a.rope, false);
-  const T* v = static_cast<const T*>(a.v);
+  const std::vector<A> vr = to_acc<T, A>(static_cast<const T*>(a.v), B * Hkv * Lk * d);
   T* out = static_cast<T*>(a.out);
   A* lse = static_cast<A*>(a.lse);
   const int64_t qblocks = (Lq + kBlockQ - 1) / kBlockQ;
   at::parallel_for(0, B * H * qblocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<A> S(kBlockQ * kBlockK), acc(kBlockQ * d), m(kBlockQ), l(kBlockQ), vrow(d);
+    std::vector<A> S(kBlockQ * kBlockK), acc(kBlockQ * d), m(kBlockQ), l(kBlockQ);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t b = task / (H * qblocks), h = (task / qblocks) % H, ib = task % qblocks;
       const int64_t hk = h / G, i0 = ib * kBlockQ, i1 = std::min(Lq, i0 + kBlockQ), nq = i1 - i0;
@@ -119,9 +128,7 @@ template <typename T> void forward_impl(const attn::Args& a) {
             const A p = exp_acc(srow[c] - mx);
             if (p == A(0)) continue;
             sum += p;
-            const T* vj = v + ((b * Hkv + hk) * Lk + j0 + c) * d;
-            for (int64_t e = 0; e < d; ++e) vrow[e] = static_cast<A>(vj[e]);
-            axpy(arow, p, vrow.data(), d);
+            axpy(arow, p, vr.data() + ((b * Hkv + hk) * Lk + j0 + c) * d, d);
           }
           l[r] = l[r] * alpha + sum;
           m[r] = mx;
@@ -139,14 +146,12 @@ template <typename T> void forward_impl(const attn::Args& a) {
 }
 
 // P and dS of one tile: P = exp(S − lse), dS = P ∘ (dO·Vᵀ − D). Returns false when all P are 0.
-template <typename T, typename A>
-bool tile_grads(const attn::Args& a, const A* qr, const A* kr, const A* go, const A* Dv, int64_t b, int64_t h,
-                int64_t hk, int64_t i0, int64_t i1, int64_t j0, int64_t j1, A* P, A* dS) {
+template <typename A>
+bool tile_grads(const attn::Args& a, const A* qr, const A* kr, const A* vr, const A* go, const A* Dv, int64_t b,
+                int64_t h, int64_t hk, int64_t i0, int64_t i1, int64_t j0, int64_t j1, A* P, A* dS) {
   if (!tile_scores(a, qr, kr, b, h, hk, i0, i1, j0, j1, P)) return false;
   const int64_t d = a.d;
-  const T* v = static_cast<const T*>(a.v);
   const A* lse = static_cast<const A*>(a.lse);
-  std::vector<A> vrow(d);
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t row = (b * a.H + h) * a.Lq + i;
     A* prow = P + (i - i0) * kBlockK;
@@ -158,9 +163,7 @@ bool tile_grads(const attn::Args& a, const A* qr, const A* kr, const A* go, cons
         dsrow[j - j0] = A(0);
         continue;
       }
-      const T* vj = v + ((b * a.Hkv + hk) * a.Lk + j) * d;
-      for (int64_t e = 0; e < d; ++e) vrow[e] = static_cast<A>(vj[e]);
-      dsrow[j - j0] = p * (dot(go + row * d, vrow.data(), d) - Dv[row]);
+      dsrow[j - j0] = p * (dot(go + row * d, vr + ((b * a.Hkv + hk) * a.Lk + j) * d, d) - Dv[row]);
     }
   }
   return true;
@@ -174,6 +177,7 @@ template <typename T> void backward_impl(const attn::GradArgs& g) {
   std::vector<A> qr(B * H * Lq * d), kr(B * Hkv * Lk * d), go(B * H * Lq * d), Dv(B * H * Lq);
   rope_rows<T, A, A>(static_cast<const T*>(a.q), qr.data(), B, H, Lq, d, Lk - Lq, a.rope, false);
   rope_rows<T, A, A>(static_cast<const T*>(a.k), kr.data(), B, Hkv, Lk, d, 0, a.rope, false);
+  const std::vector<A> vr = to_acc<T, A>(static_cast<const T*>(a.v), B * Hkv * Lk * d);
   const T* gout = static_cast<const T*>(g.grad_out);
   const T* out = static_cast<const T*>(a.out);
   at::parallel_for(0, B * H * Lq, std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, d)), [&](int64_t r0, int64_t r1) {
@@ -202,7 +206,7 @@ template <typename T> void backward_impl(const attn::GradArgs& g) {
         for (int64_t i0 = 0; i0 < Lq; i0 += kBlockQ) {
           const int64_t i1 = std::min(Lq, i0 + kBlockQ);
           if (attn::block_hidden(a.mask, b, i0, i1, j0, j1)) continue;
-          if (!tile_grads<T, A>(a, qr.data(), kr.data(), go.data(), Dv.data(), b, h, hk, i0, i1, j0, j1, P.data(),
+          if (!tile_grads<A>(a, qr.data(), kr.data(), vr.data(), go.data(), Dv.data(), b, h, hk, i0, i1, j0, j1, P.data(),
                                 dS.data()))
             continue;
           for (int64_t i = i0; i < i1; ++i) {
@@ -231,7 +235,7 @@ template <typename T> void backward_impl(const attn::GradArgs& g) {
       for (int64_t j0 = 0; j0 < Lk; j0 += kBlockK) {
         const int64_t j1 = std::min(Lk, j0 + kBlockK);
         if (attn::block_hidden(a.mask, b, i0, i1, j0, j1)) continue;
-        if (!tile_grads<T, A>(a, qr.data(), kr.data(), go.data(), Dv.data(), b, h, hk, i0, i1, j0, j1, P.data(),
+        if (!tile_grads<A>(a, qr.data(), kr.data(), vr.data(), go.data(), Dv.data(), b, h, hk, i0, i1, j0, j1, P.data(),
                               dS.data()))
           continue;
         for (int64_t i = i0; i < i1; ++i)

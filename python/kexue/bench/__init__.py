@@ -1,5 +1,5 @@
 """Microbenchmarks: ``kexue bench [op]`` or ``python -m kexue.cli bench``."""
-from kexue.bench import capsules, diffusion, flows, iresnet, spectral_norm
+from kexue.bench import attention, capsules, diffusion, flows, iresnet, spectral_norm
 from kexue.bench.harness import Case, format_table, machine_info, run_cases, write_json
 
 # op family -> function(device) returning its cases
@@ -11,6 +11,7 @@ SUITES = {
     "iresnet": iresnet.cases,
     "capsules": capsules.cases,
     "diffusion": diffusion.cases,
+    "attention": attention.cases,
 }
 
 

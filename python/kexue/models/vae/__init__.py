@@ -25,3 +25,7 @@ register("vmfvae", _builder(VMFVAE), default_data="digits",
          description="vMF-VAE: von Mises-Fisher posterior of fixed kappa on the sphere, uniform prior, constant KL")
 
 __all__ = ["BNVAE", "OBSERVATIONS", "VAE", "VMFVAE", "log_likelihood", "make_observation"]
+
+from kexue.models.vae.univae import UniVAE  # noqa: E402  (registers "univae")
+
+__all__ += ["UniVAE"]
