@@ -237,12 +237,14 @@ def test_uniform_prior():
 
 def test_bad_input():
     loc = unit(3, dtype=torch.float32)
+    # The value checks follow torch's global validate_args default, which other code may switch
+    # off in a long test session; ask for them explicitly here.
     with pytest.raises(ValueError, match="concentration must be > 0"):
-        VonMisesFisher(loc, -1.0)
+        VonMisesFisher(loc, -1.0, validate_args=True)
     with pytest.raises(ValueError, match="concentration must be > 0"):
-        VonMisesFisher(loc, torch.tensor(float("nan")))
+        VonMisesFisher(loc, torch.tensor(float("nan")), validate_args=True)
     with pytest.raises(ValueError, match="unit vectors"):
-        VonMisesFisher(2 * loc, 1.0)
+        VonMisesFisher(2 * loc, 1.0, validate_args=True)
     with pytest.raises(ValueError, match=r"shape \[\.\.\., d\] with d >= 2"):
         VonMisesFisher(torch.ones(4, 1), 1.0)
     with pytest.raises(ValueError, match=r"shape \[\.\.\., d\] with d >= 2"):
@@ -254,7 +256,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="does not broadcast"):
         VonMisesFisher(loc.expand(2, 3), torch.ones(3))
     with pytest.raises(ValueError, match="UnitSphere"):
-        VonMisesFisher(loc, 1.0).log_prob(torch.ones(3))
+        VonMisesFisher(loc, 1.0, validate_args=True).log_prob(torch.ones(3))
     # validate_args=False skips the checks (for hot loops)
     VonMisesFisher(2 * loc, 1.0, validate_args=False)
 

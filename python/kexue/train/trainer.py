@@ -505,7 +505,8 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
     params = [p for p in core.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{model_name} has no trainable parameters")
-    opt = adam(params, lr=lr)
+    # Models may ask for their own Adam momentum (GANs train with β1 = 0.5).
+    opt = adam(params, lr=lr, betas=tuple(getattr(core, "adam_betas", (0.9, 0.999))))
 
     start = 0
     window_sums: Dict[str, float] = {}
