@@ -60,6 +60,14 @@ void rope_rows(const Tin* src, Tout* dst, int64_t B, int64_t Hx, int64_t L, int6
   });
 }
 
+// q and k rotated into accumulation-type copies (queries at the last Lq key positions).
+template <typename T, typename A> void rotate_qk(const attn::Args& a, std::vector<A>& qr, std::vector<A>& kr) {
+  qr.resize(a.B * a.H * a.Lq * a.d);
+  kr.resize(a.B * a.Hkv * a.Lk * a.d);
+  rope_rows<T, A, A>(static_cast<const T*>(a.q), qr.data(), a.B, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, false);
+  rope_rows<T, A, A>(static_cast<const T*>(a.k), kr.data(), a.B, a.Hkv, a.Lk, a.d, 0, a.rope, false);
+}
+
 // Scores of a (query block, key block) tile, −inf where masked; returns whether any is visible.
 template <typename A>
 bool tile_scores(const attn::Args& a, const A* qr, const A* kr, int64_t b, int64_t h, int64_t hk, int64_t i0,
@@ -96,9 +104,8 @@ template <typename T, typename A> std::vector<A> to_acc(const T* x, int64_t n) {
 template <typename T> void forward_impl(const attn::Args& a) {
   using A = acc_t<T>;
   const int64_t B = a.B, H = a.H, Hkv = a.Hkv, Lq = a.Lq, Lk = a.Lk, d = a.d, G = H / Hkv;
-  std::vector<A> qr(B * H * Lq * d), kr(B * Hkv * Lk * d);
-  rope_rows<T, A, A>(static_cast<const T*>(a.q), qr.data(), B, H, Lq, d, Lk - Lq, a.rope, false);
-  rope_rows<T, A, A>(static_cast<const T*>(a.k), kr.data(), B, Hkv, Lk, d, 0, a.rope, false);
+  std::vector<A> qr, kr;
+  rotate_qk<T, A>(a, qr, kr);
   const std::vector<A> vr = to_acc<T, A>(static_cast<const T*>(a.v), B * Hkv * Lk * d);
   T* out = static_cast<T*>(a.out);
   A* lse = static_cast<A*>(a.lse);
@@ -174,9 +181,8 @@ template <typename T> void backward_impl(const attn::GradArgs& g) {
   const attn::Args& a = g.fwd;
   const int64_t B = a.B, H = a.H, Hkv = a.Hkv, Lq = a.Lq, Lk = a.Lk, d = a.d, G = H / Hkv;
   const A scale = static_cast<A>(a.scale);
-  std::vector<A> qr(B * H * Lq * d), kr(B * Hkv * Lk * d), go(B * H * Lq * d), Dv(B * H * Lq);
-  rope_rows<T, A, A>(static_cast<const T*>(a.q), qr.data(), B, H, Lq, d, Lk - Lq, a.rope, false);
-  rope_rows<T, A, A>(static_cast<const T*>(a.k), kr.data(), B, Hkv, Lk, d, 0, a.rope, false);
+  std::vector<A> qr, kr, go(B * H * Lq * d), Dv(B * H * Lq);
+  rotate_qk<T, A>(a, qr, kr);
   const std::vector<A> vr = to_acc<T, A>(static_cast<const T*>(a.v), B * Hkv * Lk * d);
   const T* gout = static_cast<const T*>(g.grad_out);
   const T* out = static_cast<const T*>(a.out);

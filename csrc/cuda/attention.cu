@@ -27,27 +27,8 @@ template <typename A> __device__ __forceinline__ A warp_sum(A v) {
 }
 template <typename A> __device__ __forceinline__ A inf_of() { return static_cast<A>(INFINITY); }
 
-template <typename T, typename A>
-__global__ void rope_rows_kernel(const T* src, A* dst, int64_t rows, int64_t Hx, int64_t L, int64_t d,
-                                 int64_t pos_offset, attn::Rope r) {
-  const int64_t half = d / 2;
-  const int64_t total = rows * half;
-  const A* inv_freq = static_cast<const A*>(r.inv_freq);
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = e / half, p = e % half;
-    const int64_t lo = attn::pair_lo(p, d, r.interleaved), hi = attn::pair_hi(p, d, r.interleaved);
-    A x1 = load<A>(src + row * d + lo), x2 = load<A>(src + row * d + hi);
-    if (inv_freq) {
-      const int64_t b = row / (Hx * L), l = row % L;
-      attn::rotate<A>(x1, x2, attn::position<A>(r, b, l + pos_offset) * inv_freq[p], static_cast<A>(r.scale), false);
-    }
-    dst[row * d + lo] = x1;
-    dst[row * d + hi] = x2;
-  }
-}
-
-// dst (storage type) = rope_scale·R(±pos)·src, used for apply_rope and to rotate gradients back.
+// dst = rope_scale·R(±pos)·src: rotates q and k into accumulation-type copies, implements
+// apply_rope, and rotates gradients back (inverse).
 template <typename Tin, typename Tout, typename A>
 __global__ void rope_out_kernel(const Tin* src, Tout* dst, int64_t rows, int64_t Hx, int64_t L, int64_t d,
                                 int64_t pos_offset, attn::Rope r, bool inverse) {
@@ -242,6 +223,16 @@ unsigned elementwise_grid(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535LL * 32)));
 }
 
+// q and k rotated into the accumulation-type workspace copies qr, kr (queries at the last Lq
+// key positions).
+template <typename T, typename A> void rotate_qk(const attn::Args& a, A* qr, A* kr, cudaStream_t st) {
+  const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.Hkv * a.Lk;
+  rope_out_kernel<T, A, A><<<elementwise_grid(qrows * a.d / 2), kThreads, 0, st>>>(
+      static_cast<const T*>(a.q), qr, qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, false);
+  rope_out_kernel<T, A, A><<<elementwise_grid(krows * a.d / 2), kThreads, 0, st>>>(
+      static_cast<const T*>(a.k), kr, krows, a.Hkv, a.Lk, a.d, 0, a.rope, false);
+}
+
 size_t acc_bytes(DType dt) { return dt == DType::F64 ? 8 : 4; }
 
 }  // namespace
@@ -265,11 +256,7 @@ int rope_attention_forward(const attn::Args& a, void* stream) {
     using A = acc_t<T>;
     A* qr = static_cast<A*>(a.workspace);
     A* kr = qr + a.B * a.H * a.Lq * a.d;
-    const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.Hkv * a.Lk;
-    rope_rows_kernel<T, A><<<elementwise_grid(qrows * a.d / 2), kThreads, 0, st>>>(
-        static_cast<const T*>(a.q), qr, qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope);
-    rope_rows_kernel<T, A><<<elementwise_grid(krows * a.d / 2), kThreads, 0, st>>>(
-        static_cast<const T*>(a.k), kr, krows, a.Hkv, a.Lk, a.d, 0, a.rope);
+    rotate_qk<T, A>(a, qr, kr, st);
     const dim3 grid(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.H));
     forward_kernel<T, A><<<grid, kWarps * 32, 0, st>>>(a, qr, kr);
   });
@@ -291,10 +278,7 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
     A* dqr = go + q;
     A* dkr = dqr + q;
     A* Dv = dkr + k;
-    rope_rows_kernel<T, A><<<elementwise_grid(qrows * a.d / 2), kThreads, 0, st>>>(
-        static_cast<const T*>(a.q), qr, qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope);
-    rope_rows_kernel<T, A><<<elementwise_grid(krows * a.d / 2), kThreads, 0, st>>>(
-        static_cast<const T*>(a.k), kr, krows, a.Hkv, a.Lk, a.d, 0, a.rope);
+    rotate_qk<T, A>(a, qr, kr, st);
     const unsigned row_blocks = static_cast<unsigned>((qrows + kWarps - 1) / kWarps);
     if (qrows) dot_do_o_kernel<T, A><<<row_blocks, kWarps * 32, 0, st>>>(g, go, Dv, qrows);
     if (qrows) {

@@ -141,7 +141,6 @@ KX_HOST_DEVICE bool block_hidden(const Mask& m, int64_t b, int64_t i0, int64_t i
     // UniAE: target queries see source key 0 only.
     if (m.rule == Rule::UniAE && q_first >= S && j1 <= S && j0 > 0) return true;
   }
-  (void)j1;
   return false;
 }
 

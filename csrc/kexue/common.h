@@ -69,13 +69,10 @@ static inline float exp_f32_host(float x) {
   return p * bits_to_float((k1 + 127) << 23) * bits_to_float((k2 + 127) << 23);
 }
 
-// Branch-free log1p for fp32 on the host, for z in [0, 1] (all our callers pass e^{-|a|}).
-// log(1 + z) = log(m·2^e) with m in [sqrt(.5), sqrt(2)); Cephes logf polynomial; the rounding
-// error of 1 + z is corrected with (z - (u - 1))/u so tiny z keep full relative accuracy.
-// The mantissa fold (m < sqrt(.5): m ← 2m, e ← e - 1) uses bit masks rather than selects.
-static inline float log1p_unit_f32_host(float z) {
-  float u = 1.0f + z;
-  float corr = (z - (u - 1.0f)) / u;
+// Branch-free log for fp32 on the host, for positive normal u: log(m·2^e) with m in
+// [sqrt(.5), sqrt(2)) and the Cephes logf polynomial. The mantissa fold (m < sqrt(.5): m ← 2m,
+// e ← e - 1) uses bit masks rather than selects, so loops calling it vectorise.
+static inline float log_f32_host(float u) {
   int32_t bits = float_to_bits(u);
   int32_t e = ((bits >> 23) & 0xff) - 126;
   float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);  // m in [0.5, 1)
@@ -96,8 +93,16 @@ static inline float log1p_unit_f32_host(float z) {
   float fe = static_cast<float>(e);
   y += -2.12194440e-4f * fe;
   y += -0.5f * m2;
-  float r = m + y + 0.693359375f * fe;
-  return r + corr;
+  return m + y + 0.693359375f * fe;
+}
+
+// Branch-free log1p for fp32 on the host, for z in [0, 1] (all our callers pass e^{-|a|}):
+// log(1 + z), with the rounding error of 1 + z corrected by (z - (u - 1))/u so tiny z keep full
+// relative accuracy.
+static inline float log1p_unit_f32_host(float z) {
+  float u = 1.0f + z;
+  float corr = (z - (u - 1.0f)) / u;
+  return log_f32_host(u) + corr;
 }
 }  // namespace detail
 

@@ -41,33 +41,12 @@ KX_HOST_DEVICE Block philox4x32_10(Block c, uint32_t k0, uint32_t k1) {
   return c;
 }
 
-// log(u) for u in (0, 1] in fp32: Cephes logf polynomial on the mantissa (the same scheme as
-// common.h's log1p_unit), branch-free so the host loop vectorises.
+// log(u) for u in (0, 1] in fp32 (branch-free on the host, so the noise loop vectorises).
 KX_HOST_DEVICE float log_unit(float u) {
 #if defined(__CUDA_ARCH__)
   return ::logf(u);
 #else
-  const int32_t bits = detail::float_to_bits(u);
-  int32_t e = ((bits >> 23) & 0xff) - 126;
-  float m = detail::bits_to_float((bits & 0x007fffff) | 0x3f000000);  // m in [0.5, 1)
-  const int32_t small = -static_cast<int32_t>(m < 0.707106781186547524f);
-  e += small;
-  m = m + detail::bits_to_float(detail::float_to_bits(m) & small) - 1.0f;
-  const float m2 = m * m;
-  float p = 7.0376836292e-2f;
-  p = p * m - 1.1514610310e-1f;
-  p = p * m + 1.1676998740e-1f;
-  p = p * m - 1.2420140846e-1f;
-  p = p * m + 1.4249322787e-1f;
-  p = p * m - 1.6668057665e-1f;
-  p = p * m + 2.0000714765e-1f;
-  p = p * m - 2.4999993993e-1f;
-  p = p * m + 3.3333331174e-1f;
-  float y = p * m * m2;
-  const float fe = static_cast<float>(e);
-  y += -2.12194440e-4f * fe;
-  y += -0.5f * m2;
-  return m + y + 0.693359375f * fe;
+  return detail::log_f32_host(u);
 #endif
 }
 

@@ -7,7 +7,7 @@ from kexue.models.gan.divergences import DIVERGENCES, FDivergence, get_divergenc
 from kexue.models.gan.fgan import FGAN
 from kexue.models.gan.ganqp import BiGANQP, GANQP, pair_distance, qp_critic_loss
 from kexue.models.gan.lipschitz import SNGAN, WGANGP
-from kexue.models.gan.metrics import mmd2
+from kexue.metrics import mmd2
 from kexue.train.registry import register
 
 

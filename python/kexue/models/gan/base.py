@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from kexue.models.gan.metrics import mmd2
+from kexue.metrics import mmd2
 from kexue.models.gan.nets import check_event_shape, default_sizes
 
 Tensor = torch.Tensor

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from kexue.models.gan.base import AdversarialModel, frozen
-from kexue.models.gan.metrics import mmd2
+from kexue.metrics import mmd2
 from kexue.models.gan.nets import Critic, FeatureNet, Generator, JointCritic
 
 Tensor = torch.Tensor
