@@ -27,7 +27,7 @@ static inline __attribute__((noinline)) void fill_normals(float* __restrict__ no
 }
 
 template <typename T, bool Clip, diff::Noise N, bool Heun, bool WriteX0>
-void step_run(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1) {
+static void step_run(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1) {
   using A = acc_t<T>;
   const diff::Coeffs<A> c = diff::sample_coeffs<A>(a, b);
   const A clip = static_cast<A>(a.clip_value);
@@ -64,7 +64,7 @@ void step_run(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1) {
   }
 }
 
-template <typename T> void q_sample_run(const diff::QSampleArgs& a, int64_t b, int64_t j0, int64_t j1) {
+template <typename T> static void q_sample_run(const diff::QSampleArgs& a, int64_t b, int64_t j0, int64_t j1) {
   using A = acc_t<T>;
   A sa, ss;
   diff::q_sample_factors<A>(a, b, &sa, &ss);
@@ -78,15 +78,15 @@ template <typename T> void q_sample_run(const diff::QSampleArgs& a, int64_t b, i
 }
 
 template <typename T, bool Clip, diff::Noise N, bool Heun>
-StepFn pick_x0(bool write_x0) {
+static StepFn pick_x0(bool write_x0) {
   return write_x0 ? &step_run<T, Clip, N, Heun, true> : &step_run<T, Clip, N, Heun, false>;
 }
 
-template <typename T, bool Clip, diff::Noise N> StepFn pick_heun(bool heun, bool write_x0) {
+template <typename T, bool Clip, diff::Noise N> static StepFn pick_heun(bool heun, bool write_x0) {
   return heun ? pick_x0<T, Clip, N, true>(write_x0) : pick_x0<T, Clip, N, false>(write_x0);
 }
 
-template <typename T, bool Clip> StepFn pick_noise(diff::Noise n, bool heun, bool write_x0) {
+template <typename T, bool Clip> static StepFn pick_noise(diff::Noise n, bool heun, bool write_x0) {
   switch (n) {
     case diff::Noise::Tensor: return pick_heun<T, Clip, diff::Noise::Tensor>(heun, write_x0);
     case diff::Noise::Philox: return pick_heun<T, Clip, diff::Noise::Philox>(heun, write_x0);
@@ -94,7 +94,7 @@ template <typename T, bool Clip> StepFn pick_noise(diff::Noise n, bool heun, boo
   }
 }
 
-template <typename T> StepFn step_fn(const diff::StepArgs& a) {
+template <typename T> static StepFn step_fn(const diff::StepArgs& a) {
   const bool heun = a.eps2 != nullptr, write_x0 = a.x0 != nullptr;
   return a.clip ? pick_noise<T, true>(a.noise_kind, heun, write_x0)
                 : pick_noise<T, false>(a.noise_kind, heun, write_x0);

@@ -14,7 +14,10 @@ const char* isa_name(Isa isa);
 bool set_isa(Isa isa);
 bool isa_available(Isa isa);
 
-// Entry points of each per-ISA build of csrc/cpu/isa/*.cpp (fp32 and fp64 only).
+// Entry points of each per-ISA build of csrc/cpu/isa/*.cpp (fp32 and fp64 only). Every function
+// of the loops headers those builds include must be static: the builds instantiate the same
+// templates, and non-static instantiations are weak symbols the linker folds into one build's
+// code (the base one, or the AVX-512 one on a CPU that lacks it).
 #define KX_DECLARE_ISA(NS)                                                                  \
   namespace NS {                                                                            \
   loops::ForwardFn coupling_forward_fn(DType dtype, coupling::Scale scale, bool reverse,    \

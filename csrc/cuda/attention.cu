@@ -63,12 +63,13 @@ __global__ void __launch_bounds__(kWarps * 32) forward_kernel(attn::Args a, cons
   A acc[kMaxPerLane];
   for (int e = 0; e < kMaxPerLane; ++e) acc[e] = A(0);
   A m = -inf_of<A>(), l = A(0);
+  const attn::Span span = attn::visible_span(a.mask, b, i, a.Lk);
   for (int64_t j0 = 0; j0 < a.Lk; j0 += 32) {
     const int64_t j1 = min(a.Lk, j0 + 32);
     if (attn::block_hidden(a.mask, b, i, i + 1, j0, j1)) continue;
     const int64_t j = j0 + lane;
     A s = -inf_of<A>();
-    if (j < j1 && attn::visible(a.mask, b, h, i, j)) {
+    if (j < j1 && attn::span_contains(span, j) && attn::dense_visible(a.mask, b, h, i, j)) {
       A t = A(0);
       for (int64_t c = 0; c < d; ++c) t += q[c] * K[j * d + c];
       s = t * scale;
@@ -125,7 +126,7 @@ __device__ __forceinline__ void p_ds(const attn::Args& a, const A* q, const A* k
                                      A* ds_out) {
   *p_out = A(0);
   *ds_out = A(0);
-  if (!attn::visible(a.mask, b, h, i, j) || lse_i == inf_of<A>()) return;
+  if (!attn::visible(a.mask, b, h, i, j, a.Lk) || lse_i == inf_of<A>()) return;
   const int64_t d = a.d;
   A s = A(0), dp = A(0);
   for (int64_t c = 0; c < d; ++c) {

@@ -82,48 +82,82 @@ template <typename A> KX_HOST_DEVICE A position(const Rope& r, int64_t b, int64_
                      : static_cast<A>(pos_index);
 }
 
-// Rotates the pair (x1, x2) by angle (negated when inverse) and scales it.
-template <typename A> KX_HOST_DEVICE void rotate(A& x1, A& x2, A angle, A scale, bool inverse) {
-#if defined(__CUDA_ARCH__)
-  A s, c;
-  if (sizeof(A) == 4) {
-    float sf, cf;
-    ::sincosf(static_cast<float>(angle), &sf, &cf);
-    s = static_cast<A>(sf);
-    c = static_cast<A>(cf);
-  } else {
-    double sd, cd;
-    ::sincos(static_cast<double>(angle), &sd, &cd);
-    s = static_cast<A>(sd);
-    c = static_cast<A>(cd);
-  }
-#else
-  const A s = std::sin(angle), c = std::cos(angle);
-#endif
+// Rotates the pair (x1, x2) by the angle whose cosine and sine are c and s (negated when
+// inverse) and scales it.
+template <typename A> KX_HOST_DEVICE void rotate_cs(A& x1, A& x2, A c, A s, A scale, bool inverse) {
   const A sn = inverse ? -s : s;
   const A y1 = x1 * c - x2 * sn, y2 = x1 * sn + x2 * c;
   x1 = y1 * scale;
   x2 = y2 * scale;
 }
 
-// Is key j visible to query i (indices into Lq and Lk) of sample b, head h?
-KX_HOST_DEVICE bool visible(const Mask& m, int64_t b, int64_t h, int64_t i, int64_t j) {
+template <typename A> KX_HOST_DEVICE void sin_cos(A angle, A* s, A* c) {
+#if defined(__CUDA_ARCH__)
+  if (sizeof(A) == 4) {
+    float sf, cf;
+    ::sincosf(static_cast<float>(angle), &sf, &cf);
+    *s = static_cast<A>(sf);
+    *c = static_cast<A>(cf);
+  } else {
+    double sd, cd;
+    ::sincos(static_cast<double>(angle), &sd, &cd);
+    *s = static_cast<A>(sd);
+    *c = static_cast<A>(cd);
+  }
+#else
+  *s = std::sin(angle);
+  *c = std::cos(angle);
+#endif
+}
+
+// Rotates the pair (x1, x2) by angle (negated when inverse) and scales it.
+template <typename A> KX_HOST_DEVICE void rotate(A& x1, A& x2, A angle, A scale, bool inverse) {
+  A s, c;
+  sin_cos(angle, &s, &c);
+  rotate_cs(x1, x2, c, s, scale, inverse);
+}
+
+// Keys visible to query i (an index into Lq) of sample b by the structured masks (causal, key
+// lengths, segment rule): [0, a1) ∪ [b0, b1). The rules make every row at most two intervals, so
+// the CPU kernel masks whole runs instead of testing keys one by one.
+struct Span {
+  int64_t a1 = 0, b0 = 0, b1 = 0;
+};
+
+KX_HOST_DEVICE bool span_contains(const Span& s, int64_t j) { return j < s.a1 || (j >= s.b0 && j < s.b1); }
+
+KX_HOST_DEVICE Span visible_span(const Mask& m, int64_t b, int64_t i, int64_t Lk) {
   const int64_t qi = i + m.offset;  // the query's index among the key positions
-  if (m.causal && j > qi) return false;
-  if (m.key_len && j >= m.key_len[b]) return false;
+  int64_t end = Lk;
+  if (m.causal && qi + 1 < end) end = qi + 1;
+  if (m.key_len && m.key_len[b] < end) end = m.key_len[b];
+  Span s;
+  s.a1 = end;
   if (m.rule != Rule::None) {
     const int64_t S = m.src_len[b];
-    const bool q_src = qi < S, k_src = j < S;
-    if (q_src) {
-      if (!k_src) return false;
-    } else if (m.rule == Rule::UniLM) {
-      if (!k_src && j > qi) return false;
-    } else {  // UniAE: [CLS] and earlier target
-      if (k_src ? j != 0 : j > qi) return false;
+    if (qi < S) {
+      s.a1 = S < end ? S : end;  // a source query sees the source
+    } else {
+      const int64_t upto = qi + 1 < end ? qi + 1 : end;  // target keys up to the query
+      if (m.rule == Rule::UniLM) {
+        s.a1 = upto;  // the whole source and the target up to itself
+      } else {        // UniAE: [CLS] and the target up to itself
+        s.a1 = (S < 1 ? S : 1) < end ? (S < 1 ? S : 1) : end;
+        s.b0 = S;
+        s.b1 = upto;
+      }
     }
   }
-  if (m.dense && !m.dense[b * m.dense_sb + h * m.dense_sh + i * m.dense_sq + j * m.dense_sk]) return false;
-  return true;
+  return s;
+}
+
+KX_HOST_DEVICE bool dense_visible(const Mask& m, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return !m.dense || m.dense[b * m.dense_sb + h * m.dense_sh + i * m.dense_sq + j * m.dense_sk];
+}
+
+// Is key j visible to query i (indices into Lq and Lk) of sample b, head h?
+KX_HOST_DEVICE bool visible(const Mask& m, int64_t b, int64_t h, int64_t i, int64_t j, int64_t Lk) {
+  return span_contains(visible_span(m, b, i, Lk), j) && dense_visible(m, b, h, i, j);
 }
 
 // True only when no key in [j0, j1) is visible to any query in [i0, i1) by the structured masks
