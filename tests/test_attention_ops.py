@@ -8,7 +8,7 @@ import kexue
 from kexue.nn import RoPE
 from kexue.ops import attention as A
 
-from conftest import low_precision_ok
+from conftest import HAS_CUDA, low_precision_ok
 
 SCALINGS = [None, {"type": "linear", "factor": 2.0}, {"type": "ntk", "factor": 4.0},
             {"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 32},
@@ -166,3 +166,48 @@ def test_kernel_bad_inputs():
         A.rope_attention(q, k, v, segment_ids=torch.zeros(1, 5, dtype=torch.long), mask_rule="prefix")
     with pytest.raises((RuntimeError, ValueError, TypeError), match="attn_mask"):
         A.rope_attention(q, k, v, attn_mask=torch.ones(1, 1, 5, 5))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [32, 64, 96, 128, 80])  # 80: no tensor-core build, the SIMT path
+@pytest.mark.parametrize("mask", ["causal", "unilm", "uniae+padding+causal", "dense"])
+def test_tensor_core_path(dtype, d, mask):
+    # L = 300: tiles of 64 cut by the end; B·H = 6 with GQA; forward and all three gradients
+    # against float64 by the flash-attention rule.
+    B, H, Hkv, L = 3, 2, 1, 300
+    q, k, v = qkv(B, H, Hkv, L, L, d, "cuda")
+    kw = dict(masks(B, L, "cuda")[mask], rope=RoPE(d))
+    hi_args = [t.clone().requires_grad_() for t in (q, k, v)]
+    low_ref_args = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    low_args = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    hi = A.reference_rope_attention(*hi_args, **kw)
+    ref_low = A.reference_rope_attention(*low_ref_args, **kw)
+    ours = A.rope_attention(*low_args, **kw)
+    ok, info = low_precision_ok(ours, ref_low, hi)
+    assert ok, ("out", info)
+    g = torch.randn_like(hi)
+    grads = (torch.autograd.grad(hi, hi_args, g), torch.autograd.grad(ref_low, low_ref_args, g.to(dtype)),
+             torch.autograd.grad(ours, low_args, g.to(dtype)))
+    for name, h_, r_, o_ in zip("qkv", *grads):
+        ok, info = low_precision_ok(o_, r_, h_, atol=1e-2)
+        assert ok, (f"d{name}", info)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
+def test_tensor_core_path_empty_rows_and_decode():
+    q, k, v = qkv(2, 4, 2, 70, 70, 64, "cuda", torch.bfloat16)
+    mask = torch.ones(2, 1, 70, 70, dtype=torch.bool, device="cuda")
+    mask[:, :, 5] = False
+    args = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = A.rope_attention(*args, rope=RoPE(64), attn_mask=mask)
+    assert torch.isfinite(out).all() and (out[:, :, 5] == 0).all()
+    grads = torch.autograd.grad(out.float().sum(), args)
+    assert all(torch.isfinite(g).all() for g in grads) and (grads[0][:, :, 5] == 0).all()
+    q1 = q[:, :, -3:].contiguous()  # three decode queries at the last positions
+    ok, info = low_precision_ok(A.rope_attention(q1, k, v, rope=RoPE(64), causal=True),
+                                A.reference_rope_attention(q1, k, v, rope=RoPE(64), causal=True),
+                                A.reference_rope_attention(*(t.double() for t in (q1, k, v)), rope=RoPE(64), causal=True))
+    assert ok, info

@@ -1,10 +1,13 @@
-// RoPE attention on the GPU, fp32 SIMT path (every dtype accumulates in fp32, fp64 in fp64).
+// RoPE attention on the GPU. fp16/bf16 with head dim 32/64/96/128 on sm_80+ take the tensor-core
+// kernels of attention_tc.cu; everything else this fp32 SIMT path (every dtype accumulates in
+// fp32, fp64 in fp64).
 // q and k are rotated once into accumulation-type workspace copies; then one warp owns one query
 // row (forward, dQ) or one key row (dK, dV): lanes take 32 keys (queries) at a time for the
 // scores, and split the head dimension for the accumulators. Online softmax as in flash-attention;
 // key blocks that the structured masks hide entirely are skipped. No L×L buffer.
 #include <algorithm>
 
+#include "cuda/attention_tc.h"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "kexue/attention.h"
@@ -17,14 +20,6 @@ namespace {
 constexpr int kWarps = 4;  // rows per block
 constexpr int kMaxPerLane = 8;  // d ≤ 256
 
-template <typename A> __device__ __forceinline__ A warp_max(A v) {
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 template <typename A> __device__ __forceinline__ A inf_of() { return static_cast<A>(INFINITY); }
 
 // dst = rope_scale·R(±pos)·src: rotates q and k into accumulation-type copies, implements
@@ -74,11 +69,11 @@ __global__ void __launch_bounds__(kWarps * 32) forward_kernel(attn::Args a, cons
       for (int64_t c = 0; c < d; ++c) t += q[c] * K[j * d + c];
       s = t * scale;
     }
-    const A mx = max(m, warp_max(s));
+    const A mx = max(m, warp_allmax(s));
     if (mx == -inf_of<A>()) continue;
     const A p = s == -inf_of<A>() ? A(0) : exp(s - mx);
     const A alpha = exp(m - mx);
-    l = l * alpha + warp_sum(p);
+    l = l * alpha + warp_allsum(p);
     m = mx;
     for (int e = 0; e < per; ++e) acc[e] *= alpha;
     for (int c = 0; c < 32 && j0 + c < j1; ++c) {
@@ -115,7 +110,7 @@ __global__ void __launch_bounds__(kWarps * 32) dot_do_o_kernel(attn::GradArgs g,
     go[row * d + c] = gv;
     s += gv * load<A>(out + c);
   }
-  s = warp_sum(s);
+  s = warp_allsum(s);
   if (lane == 0) Dv[row] = s;
 }
 
@@ -224,14 +219,23 @@ unsigned elementwise_grid(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535LL * 32)));
 }
 
-// q and k rotated into the accumulation-type workspace copies qr, kr (queries at the last Lq
-// key positions).
-template <typename T, typename A> void rotate_qk(const attn::Args& a, A* qr, A* kr, cudaStream_t st) {
+// q and k rotated into workspace copies of type Out (queries at the last Lq key positions): the
+// accumulation type for the SIMT kernels, the input type for the tensor-core ones.
+template <typename T, typename Out, typename A> void rotate_qk(const attn::Args& a, Out* qr, Out* kr, cudaStream_t st) {
   const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.Hkv * a.Lk;
-  rope_out_kernel<T, A, A><<<elementwise_grid(qrows * a.d / 2), kThreads, 0, st>>>(
+  rope_out_kernel<T, Out, A><<<elementwise_grid(qrows * a.d / 2), kThreads, 0, st>>>(
       static_cast<const T*>(a.q), qr, qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, false);
-  rope_out_kernel<T, A, A><<<elementwise_grid(krows * a.d / 2), kThreads, 0, st>>>(
+  rope_out_kernel<T, Out, A><<<elementwise_grid(krows * a.d / 2), kThreads, 0, st>>>(
       static_cast<const T*>(a.k), kr, krows, a.Hkv, a.Lk, a.d, 0, a.rope, false);
+}
+
+// The tensor-core path accumulates in fp32; fp64 never takes it (tc::supported says no).
+int tc_backward(const attn::GradArgs& g, const void* qt, const void* kt, const float* Dv, float* dq, float* dk,
+                cudaStream_t st) {
+  return tc::backward(g, qt, kt, Dv, dq, dk, st);
+}
+int tc_backward(const attn::GradArgs&, const void*, const void*, const double*, double*, double*, cudaStream_t) {
+  return static_cast<int>(cudaErrorInvalidValue);
 }
 
 size_t acc_bytes(DType dt) { return dt == DType::F64 ? 8 : 4; }
@@ -257,7 +261,12 @@ int rope_attention_forward(const attn::Args& a, void* stream) {
     using A = acc_t<T>;
     A* qr = static_cast<A*>(a.workspace);
     A* kr = qr + a.B * a.H * a.Lq * a.d;
-    rotate_qk<T, A>(a, qr, kr, st);
+    if (tc::supported(a)) {  // fp16/bf16 on tensor cores, q and k rotated into 16-bit copies
+      rotate_qk<T, T, A>(a, reinterpret_cast<T*>(qr), reinterpret_cast<T*>(kr), st);
+      tc::forward(a, qr, kr, st);
+      return;
+    }
+    rotate_qk<T, A, A>(a, qr, kr, st);
     const dim3 grid(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.H));
     forward_kernel<T, A><<<grid, kWarps * 32, 0, st>>>(a, qr, kr);
   });
@@ -279,16 +288,25 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
     A* dqr = go + q;
     A* dkr = dqr + q;
     A* Dv = dkr + k;
-    rotate_qk<T, A>(a, qr, kr, st);
+    const bool tensor_cores = tc::supported(g);
+    if (tensor_cores) {
+      rotate_qk<T, T, A>(a, reinterpret_cast<T*>(qr), reinterpret_cast<T*>(kr), st);
+    } else {
+      rotate_qk<T, A, A>(a, qr, kr, st);
+    }
     const unsigned row_blocks = static_cast<unsigned>((qrows + kWarps - 1) / kWarps);
     if (qrows) dot_do_o_kernel<T, A><<<row_blocks, kWarps * 32, 0, st>>>(g, go, Dv, qrows);
-    if (qrows) {
-      const dim3 gq(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.H));
-      dq_kernel<T, A><<<gq, kWarps * 32, 0, st>>>(a, qr, kr, go, Dv, dqr);
-    }
-    if (krows) {
-      const dim3 gk(static_cast<unsigned>((a.Lk + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.Hkv));
-      dkv_kernel<T, A><<<gk, kWarps * 32, 0, st>>>(g, qr, kr, go, Dv, dkr);
+    if (tensor_cores) {
+      tc_backward(g, qr, kr, Dv, dqr, dkr, st);
+    } else {
+      if (qrows) {
+        const dim3 gq(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.H));
+        dq_kernel<T, A><<<gq, kWarps * 32, 0, st>>>(a, qr, kr, go, Dv, dqr);
+      }
+      if (krows) {
+        const dim3 gk(static_cast<unsigned>((a.Lk + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.Hkv));
+        dkv_kernel<T, A><<<gk, kWarps * 32, 0, st>>>(g, qr, kr, go, Dv, dkr);
+      }
     }
     rope_out_kernel<A, T, A><<<elementwise_grid(qrows * a.d / 2), kThreads, 0, st>>>(
         dqr, static_cast<T*>(g.grad_q), qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, true);

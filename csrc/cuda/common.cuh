@@ -55,6 +55,17 @@ template <typename A> __device__ __forceinline__ A block_sum(A v) {
   return v;
 }
 
+// Max and sum over the warp, the result in every lane.
+template <typename A> __device__ __forceinline__ A warp_allmax(A v) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+template <typename A> __device__ __forceinline__ A warp_allsum(A v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 inline int last_error() { return static_cast<int>(cudaGetLastError()); }
 
 }  // namespace cuda
