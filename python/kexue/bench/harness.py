@@ -31,6 +31,7 @@ class Case:
     reference: Callable
     grad_of: Sequence[int] = ()
     bytes_moved: Callable[[Sequence], int] = lambda inputs: 0
+    flops: Callable[[Sequence], int] = lambda inputs: 0  # useful FLOPs of one call, for TFLOP/s
     peers: Dict[str, Callable] = field(default_factory=dict)
     compile_reference: bool = True  # False where compiling is not the comparison (whole steps)
 
@@ -155,11 +156,17 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
         row["x_eager"] = row["eager_us"] / row["ours_us"]
         if "compiled_us" in row:
             row["x_compiled"] = row["compiled_us"] / row["ours_us"]
+        for label in case.peers:
+            row[f"x_{label}"] = row[f"{label}_us"] / row["ours_us"]
         moved = case.bytes_moved(inputs)
         if bw and moved:
             row["GBps"] = moved / (row["ours_us"] * 1e-6) / 1e9
             row["copy_GBps"] = bw
             row["pct_copy_bw"] = 100 * row["GBps"] / bw
+        flops = case.flops(inputs)
+        if flops:
+            for label in times:
+                row[f"{label}_TFLOPs"] = flops / (row[f"{label}_us"] * 1e-6) / 1e12
         results.append(row)
     return results
 
@@ -168,13 +175,16 @@ def format_table(results: List[dict]) -> str:
     """A Markdown table of the results (ratios > 1 mean kexue is faster)."""
     extra = sorted({k[:-3] for r in results for k in r if k.endswith("_us")} - {"ours", "eager", "compiled"})
     cols = ["op", "case", "mode", "dtype", "ours µs", "eager µs", "compiled µs"] + [f"{p} µs" for p in extra]
-    cols += ["× eager", "× compiled"]
+    cols += ["× eager", "× compiled"] + [f"× {p}" for p in extra]
     has_bw = any("GBps" in r for r in results)
     if has_bw:
         cols += ["GB/s", "% copy BW"]
     has_mem = any("ours_peak_MB" in r for r in results)
     if has_mem:
         cols += ["peak MB ours", "peak MB eager"]
+    has_flops = any("ours_TFLOPs" in r for r in results)
+    if has_flops:
+        cols += ["TFLOP/s ours"] + [f"TFLOP/s {p}" for p in extra]
 
     def fmt(v):
         return "—" if v is None else (f"{v:.2f}" if isinstance(v, float) and v < 10 else f"{v:.0f}" if isinstance(v, float) else str(v))
@@ -183,11 +193,13 @@ def format_table(results: List[dict]) -> str:
     for r in results:
         vals = [r["op"], r["case"], r["mode"], r["dtype"], r.get("ours_us"), r.get("eager_us"), r.get("compiled_us")]
         vals += [r.get(f"{p}_us") for p in extra]
-        vals += [r.get("x_eager"), r.get("x_compiled")]
+        vals += [r.get("x_eager"), r.get("x_compiled")] + [r.get(f"x_{p}") for p in extra]
         if has_bw:
             vals += [r.get("GBps"), r.get("pct_copy_bw")]
         if has_mem:
             vals += [r.get("ours_peak_MB"), r.get("eager_peak_MB")]
+        if has_flops:
+            vals += [r.get("ours_TFLOPs")] + [r.get(f"{p}_TFLOPs") for p in extra]
         lines.append("| " + " | ".join(fmt(v) for v in vals) + " |")
     return "\n".join(lines)
 
