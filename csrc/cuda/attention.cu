@@ -257,20 +257,21 @@ int rope_attention_forward(const attn::Args& a, void* stream) {
   if (a.B * a.H * a.Lq == 0) return 0;
   if (a.d > 32 * kMaxPerLane) return static_cast<int>(cudaErrorInvalidValue);
   const auto st = static_cast<cudaStream_t>(stream);
+  int err = 0;  // the tensor-core launcher reads (and so clears) the error state itself
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
     using A = acc_t<T>;
     A* qr = static_cast<A*>(a.workspace);
     A* kr = qr + a.B * a.H * a.Lq * a.d;
     if (tc::supported(a)) {  // fp16/bf16 on tensor cores, q and k rotated into 16-bit copies
       rotate_qk<T, T, A>(a, reinterpret_cast<T*>(qr), reinterpret_cast<T*>(kr), st);
-      tc::forward(a, qr, kr, st);
+      err = tc::forward(a, qr, kr, st);
       return;
     }
     rotate_qk<T, A, A>(a, qr, kr, st);
     const dim3 grid(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.H));
     forward_kernel<T, A><<<grid, kWarps * 32, 0, st>>>(a, qr, kr);
   });
-  return last_error();
+  return err ? err : last_error();
 }
 
 int rope_attention_backward(const attn::GradArgs& g, void* stream) {
@@ -278,6 +279,7 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
   if (a.B * a.H * a.Lq == 0 && a.B * a.Hkv * a.Lk == 0) return 0;
   if (a.d > 32 * kMaxPerLane) return static_cast<int>(cudaErrorInvalidValue);
   const auto st = static_cast<cudaStream_t>(stream);
+  int err = 0;
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
     using A = acc_t<T>;
     const int64_t q = a.B * a.H * a.Lq * a.d, k = a.B * a.Hkv * a.Lk * a.d;
@@ -288,7 +290,7 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
     A* dqr = go + q;
     A* dkr = dqr + q;
     A* Dv = dkr + k;
-    const bool tensor_cores = tc::supported(g);
+    const bool tensor_cores = tc::supported(a);
     if (tensor_cores) {
       rotate_qk<T, T, A>(a, reinterpret_cast<T*>(qr), reinterpret_cast<T*>(kr), st);
     } else {
@@ -297,7 +299,7 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
     const unsigned row_blocks = static_cast<unsigned>((qrows + kWarps - 1) / kWarps);
     if (qrows) dot_do_o_kernel<T, A><<<row_blocks, kWarps * 32, 0, st>>>(g, go, Dv, qrows);
     if (tensor_cores) {
-      tc_backward(g, qr, kr, Dv, dqr, dkr, st);
+      err = tc_backward(g, qr, kr, Dv, dqr, dkr, st);
     } else {
       if (qrows) {
         const dim3 gq(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.H));
@@ -313,7 +315,7 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
     rope_out_kernel<A, T, A><<<elementwise_grid(krows * a.d / 2), kThreads, 0, st>>>(
         dkr, static_cast<T*>(g.grad_k), krows, a.Hkv, a.Lk, a.d, 0, a.rope, true);
   });
-  return last_error();
+  return err ? err : last_error();
 }
 
 int apply_rope(const attn::RopeArgs& r, void* stream) {

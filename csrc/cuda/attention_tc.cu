@@ -41,15 +41,27 @@ struct Carver {
   }
 };
 
+template <typename T> __device__ __forceinline__ T to_half(float v);
+template <> __device__ __forceinline__ __half to_half<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 to_half<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
 // Rows [row0, row0 + rows) of a row-major [n, D] matrix into a padded tile; rows past n are 0.
+// 16-byte loads when the matrix is 16-byte aligned (every row then is: D·2 is a multiple of 64).
 template <typename T, int D>
 __device__ __forceinline__ void load_rows(T* dst, const T* src, int64_t row0, int64_t n, int rows) {
-  constexpr int kVec = 16 / sizeof(T), per_row = D / kVec;
-  for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
-    const int r = e / per_row, c = (e % per_row) * kVec;
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (row0 + r < n) v = *reinterpret_cast<const uint4*>(src + (row0 + r) * D + c);
-    *reinterpret_cast<uint4*>(dst + r * (D + kPadH) + c) = v;
+  if ((reinterpret_cast<uintptr_t>(src) & 15u) == 0) {
+    constexpr int kVec = 16 / sizeof(T), per_row = D / kVec;
+    for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
+      const int r = e / per_row, c = (e % per_row) * kVec;
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (row0 + r < n) v = *reinterpret_cast<const uint4*>(src + (row0 + r) * D + c);
+      *reinterpret_cast<uint4*>(dst + r * (D + kPadH) + c) = v;
+    }
+  } else {
+    for (int e = threadIdx.x; e < rows * D; e += blockDim.x) {
+      const int r = e / D, c = e % D;
+      dst[r * (D + kPadH) + c] = row0 + r < n ? src[(row0 + r) * D + c] : to_half<T>(0.0f);
+    }
   }
 }
 
@@ -57,6 +69,9 @@ __device__ __forceinline__ void load_rows(T* dst, const T* src, int64_t row0, in
 // Y(k, n) is y[k·ldy + n] (row major) or y[n·ldy + k] (YColMajor: a tile read transposed).
 template <typename T, int N, int K, bool YColMajor>
 __device__ __forceinline__ void warp_mma(const T* x, int ldx, const T* y, int ldy, float* c, int ldc, bool accumulate) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // never reached: tc::supported refuses devices below sm_80, which lack bf16 WMMA
+#else
   using YL = typename std::conditional<YColMajor, wmma::col_major, wmma::row_major>::type;
 #pragma unroll
   for (int n = 0; n < N / 16; ++n) {
@@ -76,11 +91,8 @@ __device__ __forceinline__ void warp_mma(const T* x, int ldx, const T* y, int ld
     }
     wmma::store_matrix_sync(c + n * 16, acc, ldc, wmma::mem_row_major);
   }
+#endif
 }
-
-template <typename T> __device__ __forceinline__ T to_half(float v);
-template <> __device__ __forceinline__ __half to_half<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 to_half<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 __device__ __forceinline__ bool sees(const attn::Args& a, int64_t b, int64_t h, int64_t i, int64_t j) {
   return i < a.Lq && j < a.Lk && attn::visible(a.mask, b, h, i, j, a.Lk);
@@ -359,7 +371,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 bool supported(const attn::Args& a) {
   if (a.dtype != DType::F16 && a.dtype != DType::BF16) return false;
   if (a.d != 32 && a.d != 64 && a.d != 96 && a.d != 128) return false;
-  if (!aligned16(a.v) || !aligned16(a.out)) return false;
+  if (!aligned16(a.workspace)) return false;  // the rotated q and k copies are read by 16 bytes
   int dev = 0, major = 0, optin = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
@@ -368,8 +380,6 @@ bool supported(const attn::Args& a) {
   const size_t need = with_head_dim(a.d, [](auto D) { return static_cast<int>(most_smem<decltype(D)::value>()); });
   return static_cast<size_t>(optin) >= need;
 }
-
-bool supported(const attn::GradArgs& g) { return supported(g.fwd) && aligned16(g.grad_out); }
 
 int forward(const attn::Args& a, const void* qt, const void* kt, cudaStream_t st) {
   if (a.B * a.H * a.Lq == 0) return 0;

@@ -9,10 +9,11 @@ namespace kx {
 namespace cuda {
 namespace tc {
 
-// Whether this call can take the tensor-core path on the current device (dtype, head dim,
-// 16-byte aligned rows, compute capability, shared memory the kernels need).
+// Whether this call can take the tensor-core path on the current device (dtype, head dim, an
+// aligned workspace, compute capability, and the shared memory of the largest of the three
+// kernels: forward and backward always take the same path, so the backward recomputes exactly
+// the scores whose log-sum-exp the forward saved).
 bool supported(const attn::Args& a);
-bool supported(const attn::GradArgs& g);  // also reads grad_out by 16-byte rows
 
 // qt, kt: q and k rotated (and converted) to the input dtype, [B, H, Lq, d] and [B, Hkv, Lk, d].
 int forward(const attn::Args& a, const void* qt, const void* kt, cudaStream_t stream);
