@@ -27,16 +27,18 @@ struct Loops {
                      const void* bu, const void* v);
 };
 
-template <typename T>
-static void fused_rows(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp,
-                       void* yp) {
+// t[i] = W_i·v, and with WithY also y = Σ_i t[i]·W_i while the four rows are in cache.
+template <typename T, bool WithY>
+static void rows_times_v(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp, void* yp) {
   using A = acc_t<T>;
   const T* __restrict__ W = static_cast<const T*>(Wp);
   const A* __restrict__ v = static_cast<const A*>(vp);
   A* __restrict__ t = static_cast<A*>(tp);
   A* __restrict__ y = static_cast<A*>(yp);
+  if (WithY) {
 #pragma omp simd
-  for (int64_t j = 0; j < cols; ++j) y[j] = A(0);
+    for (int64_t j = 0; j < cols; ++j) y[j] = A(0);
+  }
   int64_t i = 0;
   for (; i + 4 <= rows; i += 4) {
     const T* __restrict__ w0 = W + i * cols;
@@ -56,10 +58,12 @@ static void fused_rows(const void* Wp, int64_t rows, int64_t cols, const void* v
     t[i + 1] = s1;
     t[i + 2] = s2;
     t[i + 3] = s3;
+    if (WithY) {
 #pragma omp simd
-    for (int64_t j = 0; j < cols; ++j)
-      y[j] += (s0 * static_cast<A>(w0[j]) + s1 * static_cast<A>(w1[j])) +
-              (s2 * static_cast<A>(w2[j]) + s3 * static_cast<A>(w3[j]));
+      for (int64_t j = 0; j < cols; ++j)
+        y[j] += (s0 * static_cast<A>(w0[j]) + s1 * static_cast<A>(w1[j])) +
+                (s2 * static_cast<A>(w2[j]) + s3 * static_cast<A>(w3[j]));
+    }
   }
   for (; i < rows; ++i) {
     const T* __restrict__ w0 = W + i * cols;
@@ -67,44 +71,15 @@ static void fused_rows(const void* Wp, int64_t rows, int64_t cols, const void* v
 #pragma omp simd reduction(+ : s0)
     for (int64_t j = 0; j < cols; ++j) s0 += static_cast<A>(w0[j]) * v[j];
     t[i] = s0;
+    if (WithY) {
 #pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) y[j] += s0 * static_cast<A>(w0[j]);
+      for (int64_t j = 0; j < cols; ++j) y[j] += s0 * static_cast<A>(w0[j]);
+    }
   }
 }
 
-template <typename T>
-static void dot_rows(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp) {
-  using A = acc_t<T>;
-  const T* __restrict__ W = static_cast<const T*>(Wp);
-  const A* __restrict__ v = static_cast<const A*>(vp);
-  A* __restrict__ t = static_cast<A*>(tp);
-  int64_t i = 0;
-  for (; i + 4 <= rows; i += 4) {
-    const T* __restrict__ w0 = W + i * cols;
-    const T* __restrict__ w1 = w0 + cols;
-    const T* __restrict__ w2 = w1 + cols;
-    const T* __restrict__ w3 = w2 + cols;
-    A s0 = A(0), s1 = A(0), s2 = A(0), s3 = A(0);
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t j = 0; j < cols; ++j) {
-      const A vj = v[j];
-      s0 += static_cast<A>(w0[j]) * vj;
-      s1 += static_cast<A>(w1[j]) * vj;
-      s2 += static_cast<A>(w2[j]) * vj;
-      s3 += static_cast<A>(w3[j]) * vj;
-    }
-    t[i] = s0;
-    t[i + 1] = s1;
-    t[i + 2] = s2;
-    t[i + 3] = s3;
-  }
-  for (; i < rows; ++i) {
-    const T* __restrict__ w0 = W + i * cols;
-    A s0 = A(0);
-#pragma omp simd reduction(+ : s0)
-    for (int64_t j = 0; j < cols; ++j) s0 += static_cast<A>(w0[j]) * v[j];
-    t[i] = s0;
-  }
+template <typename T> static void dot_rows(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp) {
+  rows_times_v<T, false>(Wp, rows, cols, vp, tp, nullptr);
 }
 
 template <typename T>
@@ -182,7 +157,7 @@ static void rank1_rows(const void* Gp, void* outp, int64_t rows, int64_t cols, d
 
 template <typename T> static Loops make_loops() {
   Loops l;
-  l.fused_rows = &fused_rows<T>;
+  l.fused_rows = &rows_times_v<T, true>;
   l.dot_rows = &dot_rows<T>;
   l.dot2_rows = &dot2_rows<T>;
   l.divide = &divide<T>;

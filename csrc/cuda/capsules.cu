@@ -90,15 +90,8 @@ __device__ void squash_rows(const A* s, A* v, int64_t n_out, int64_t dim, A k) {
 
 template <typename A>
 __device__ void squash_vjp_rows(const A* s, const A* g, A* gs, int64_t n_out, int64_t dim, A k) {
-  for (int64_t j = threadIdx.x; j < n_out; j += kThreads) {
-    A q = A(0), sg = A(0);
-    for (int64_t d = 0; d < dim; ++d) {
-      q += s[j * dim + d] * s[j * dim + d];
-      sg += s[j * dim + d] * g[j * dim + d];
-    }
-    const auto co = caps::squash_vjp_coeffs(q, sg, k);
-    for (int64_t d = 0; d < dim; ++d) gs[j * dim + d] = co.cg * g[j * dim + d] + co.cs * s[j * dim + d];
-  }
+  for (int64_t j = threadIdx.x; j < n_out; j += kThreads)
+    caps::squash_vjp_row(s + j * dim, g + j * dim, gs + j * dim, dim, k);
   __syncthreads();
 }
 

@@ -52,6 +52,17 @@ template <typename A> KX_HOST_DEVICE SquashVjp<A> squash_vjp_coeffs(A q, A s_dot
   return r;
 }
 
+// gs = (d squash(s)/ds)ᵀ·g for one capsule of dim entries.
+template <typename A> KX_HOST_DEVICE void squash_vjp_row(const A* s, const A* g, A* gs, int64_t dim, A k) {
+  A q = A(0), sg = A(0);
+  for (int64_t d = 0; d < dim; ++d) {
+    q += s[d] * s[d];
+    sg += s[d] * g[d];
+  }
+  const SquashVjp<A> co = squash_vjp_coeffs(q, sg, k);
+  for (int64_t d = 0; d < dim; ++d) gs[d] = co.cg * g[d] + co.cs * s[d];
+}
+
 // out[j] = softmax(in)[j] over n entries (max-subtracted). in and out may alias.
 template <typename A> KX_HOST_DEVICE void softmax_row(const A* in, A* out, int64_t n) {
   if (n <= 0) return;
