@@ -10,6 +10,16 @@
 
 #include "cpu/diffusion_loops.h"
 #include "cpu/isa.h"
+#include "ops/backend.h"
+
+#if defined(KEXUE_WITH_CUDA) || defined(KEXUE_WITH_SIMT)
+#include "cuda/kernels.h"
+#include "cuda/ptx_probe.h"
+#endif
+#ifdef KEXUE_WITH_SIMT
+#include "simt/planted_bugs.h"
+#include "simt/scheduler.h"
+#endif
 
 namespace py = pybind11;
 
@@ -30,6 +40,7 @@ py::dict build_info() {
     if (!item.empty()) archs.append(item);
   d["cuda_archs"] = archs;
   d["cpu_isa"] = kx::cpu::isa_name(kx::cpu::active_isa());
+  d["simt"] = kx::ops::simt_available();
   return d;
 }
 
@@ -63,6 +74,57 @@ std::vector<float> philox_normals(uint64_t seed, uint64_t offset, int64_t n) {
   out.resize(static_cast<size_t>(n));
   return out;
 }
+void set_cpu_backend(const std::string& name) {
+  try {
+    kx::ops::set_cpu_backend(name);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+#if defined(KEXUE_WITH_CUDA) || defined(KEXUE_WITH_SIMT)
+// Runs the PTX probe kernel (csrc/cuda/ptx_probe.cu) on buffers given by address; the caller owns
+// them (CUDA memory on a CUDA build, host memory for the emulator) and synchronises.
+std::string ptx_probe(uintptr_t a, uintptr_t bt, uintptr_t c, uintptr_t out) {
+  const int err = kx::cuda::ptx_probe(reinterpret_cast<const void*>(a), reinterpret_cast<const void*>(bt),
+                                      reinterpret_cast<const float*>(c), reinterpret_cast<uint32_t*>(out));
+  return err ? kx::cuda::error_string(err) : "";
+}
+#endif
+
+#ifdef KEXUE_WITH_SIMT
+void simt_configure(const std::string& schedule, uint64_t seed, int workers, unsigned max_grid_yz) {
+  kx::simt::Config c;
+  if (schedule == "forward") c.schedule = kx::simt::Schedule::Forward;
+  else if (schedule == "reverse") c.schedule = kx::simt::Schedule::Reverse;
+  else if (schedule == "shuffle") c.schedule = kx::simt::Schedule::Shuffle;
+  else throw py::value_error("schedule must be 'forward', 'reverse' or 'shuffle', got '" + schedule + "'");
+  if (workers < 0) throw py::value_error("workers must be >= 0 (0: one per core)");
+  if (max_grid_yz < 1 || max_grid_yz > 65535) throw py::value_error("max_grid_yz must be in [1, 65535]");
+  c.seed = seed;
+  c.workers = workers;
+  c.max_grid_yz = max_grid_yz;
+  kx::simt::set_config(c);
+}
+
+py::dict simt_config() {
+  const kx::simt::Config c = kx::simt::config();
+  py::dict d;
+  d["schedule"] = c.schedule == kx::simt::Schedule::Forward   ? "forward"
+                  : c.schedule == kx::simt::Schedule::Reverse ? "reverse"
+                                                              : "shuffle";
+  d["seed"] = c.seed;
+  d["workers"] = c.workers;
+  d["max_grid_yz"] = c.max_grid_yz;
+  return d;
+}
+
+py::dict simt_launched() {
+  py::dict d;
+  for (const auto& kv : kx::simt::launched_kernels()) d[py::str(kv.first)] = kv.second;
+  return d;
+}
+#endif
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -74,6 +136,28 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &set_cpu_isa,
         "Run the CPU kernels with this instruction set (base, avx2, avx512); for tests and "
         "benchmarks. The environment variable KEXUE_CPU_ISA sets it at start-up.");
+  m.def("set_cpu_backend", &set_cpu_backend, py::arg("name"),
+        "Which kernels serve CPU tensors: 'cpu' (the CPU kernels) or 'simt' (the CUDA kernels on the SIMT "
+        "emulator, in builds that have it; CPU allocations are then poisoned with NaN). For tests.");
+  m.def("cpu_backend", &kx::ops::cpu_backend, "The current CPU backend: 'cpu' or 'simt'.");
+#if defined(KEXUE_WITH_CUDA) || defined(KEXUE_WITH_SIMT)
+  m.def("_ptx_probe", &ptx_probe, py::arg("a"), py::arg("bt"), py::arg("c"), py::arg("out"),
+        "Run the PTX fragment probe kernel on buffers given by address; returns '' or the launch error.");
+#endif
+#ifdef KEXUE_WITH_SIMT
+  m.def("simt_configure", &simt_configure, py::arg("schedule") = "forward", py::arg("seed") = 0,
+        py::arg("workers") = 0, py::arg("max_grid_yz") = 65535,
+        "The emulator's thread schedule within a block ('forward', 'reverse', 'shuffle' with a seed), its "
+        "number of worker threads (0: one per core), and the grid.y/grid.z limit of the device it reports "
+        "(65535 like every GPU; lower it to test kernels that stride beyond the limit on small problems).");
+  m.def("simt_config", &simt_config, "The emulator's current schedule, seed, workers and grid.y/z limit.");
+  m.def("simt_launched_kernels", &simt_launched,
+        "Kernels the emulator has launched in this process: {'file.cu:kernel': launches}.");
+  m.def("_simt_planted_bug", &kx::simt::run_planted_bug, py::arg("name"), py::arg("out"), py::arg("n"),
+        "Run one of the emulator's planted-bug kernels (csrc/simt/planted_bugs.cu) writing n floats at address "
+        "out; returns '' or the error the emulator reported.");
+  m.def("_simt_planted_bugs", &kx::simt::planted_bug_names, "Names of the planted-bug kernels.");
+#endif
   m.def("_philox_normals", &philox_normals, py::arg("seed"), py::arg("offset"), py::arg("n"),
         "The first n standard normals of the diffusion kernels' Philox noise for (seed, offset).");
 }

@@ -4,10 +4,16 @@ import torch
 import kexue
 
 HAS_CUDA = torch.cuda.is_available() and kexue.build_info()["cuda"]
+HAS_SIMT = kexue.build_info()["simt"]
 
-# Every op test runs on the CPU, and on CUDA when this build and machine have it.
+# Every op test runs on the CPU; on the SIMT emulator (the CUDA kernels run on the CPU, for CPU
+# tensors) when this build has it; and on CUDA when this build and machine have it.
 DEVICES = [
     "cpu",
+    pytest.param(
+        "simt",
+        marks=[pytest.mark.simt, pytest.mark.skipif(not HAS_SIMT, reason="this build has no SIMT emulator")],
+    ),
     pytest.param(
         "cuda",
         marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")],
@@ -15,9 +21,23 @@ DEVICES = [
 ]
 
 
+def _torch_device(name):
+    """The torch device a test allocates on: the emulator runs on CPU tensors."""
+    return "cpu" if name == "simt" else name
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
-    return request.param
+    """The torch device for the test's tensors: 'cpu' for the CPU kernels and for the emulator
+    (which then serves CPU tensors, with poisoned allocations), or 'cuda'."""
+    if request.param == "simt":
+        kexue._C.set_cpu_backend("simt")
+        try:
+            yield "cpu"
+        finally:
+            kexue._C.set_cpu_backend("cpu")
+    else:
+        yield request.param
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ int activation_derivatives(const act::Args& a, void* stream) {
       static_cast<unsigned>(std::min<int64_t>((a.numel + kThreads - 1) / kThreads, 65535LL * 8));
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (a.dtype == DType::F64)
-    derivatives_kernel<double><<<blocks, kThreads, 0, st>>>(a);
+    KX_LAUNCH(blocks, kThreads, 0, st, derivatives_kernel<double>)(a);
   else
-    derivatives_kernel<float><<<blocks, kThreads, 0, st>>>(a);
+    KX_LAUNCH(blocks, kThreads, 0, st, derivatives_kernel<float>)(a);
   return last_error();
 }
 

@@ -13,7 +13,6 @@ namespace {
 
 constexpr int64_t kSliceElems = kThreads * 16;  // elements of one channel per block, roughly
 constexpr int64_t kMaxSlices = 1024;
-constexpr unsigned kMaxGridY = 65535;
 
 template <typename T, bool Reverse>
 __global__ void __launch_bounds__(kThreads) forward_kernel(actnorm::Args a) {
@@ -100,7 +99,7 @@ int actnorm_forward(const actnorm::Args& a, void* stream) {
   const int64_t total = std::max(a.batch * a.channels * a.spatial, a.batch);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
     KX_BOOL_SWITCH(a.reverse, R, [&] {
-      forward_kernel<T, R><<<grid_for(total), kThreads, 0, st>>>(a);
+      KX_LAUNCH(grid_for(total), kThreads, 0, st, forward_kernel<T, R>)(a);
     });
   });
   return last_error();
@@ -116,12 +115,12 @@ int actnorm_backward(const actnorm::GradArgs& a, void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   const int64_t slices = slices_of(a);
   const dim3 grid(static_cast<unsigned>(slices),
-                  static_cast<unsigned>(std::min<int64_t>(a.channels, kMaxGridY)));
+                  capped_grid_y(a.channels));
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
     using A = acc_t<T>;
-    KX_BOOL_SWITCH(a.reverse, R, [&] { backward_kernel<T, R><<<grid, kThreads, 0, st>>>(a, slices); });
+    KX_BOOL_SWITCH(a.reverse, R, [&] { KX_LAUNCH(grid, kThreads, 0, st, backward_kernel<T, R>)(a, slices); });
     const unsigned blocks = static_cast<unsigned>((a.channels + kThreads - 1) / kThreads);
-    finish_kernel<A><<<blocks, kThreads, 0, st>>>(a, slices, a.reverse);
+    KX_LAUNCH(blocks, kThreads, 0, st, finish_kernel<A>)(a, slices, a.reverse);
   });
   return last_error();
 }

@@ -27,12 +27,17 @@ template <typename A> __device__ __forceinline__ A inf_of() { return static_cast
 template <typename Tin, typename Tout, typename A>
 __global__ void rope_out_kernel(const Tin* src, Tout* dst, int64_t rows, int64_t Hx, int64_t L, int64_t d,
                                 int64_t pos_offset, attn::Rope r, bool inverse) {
-  const int64_t half = d / 2;
-  const int64_t total = rows * half;
+  // An odd d (no RoPE then) leaves column d - 1 unpaired: its slot copies it unrotated.
+  const int64_t half = d / 2, slots = (d + 1) / 2;
+  const int64_t total = rows * slots;
   const A* inv_freq = static_cast<const A*>(r.inv_freq);
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = e / half, p = e % half;
+    const int64_t row = e / slots, p = e % slots;
+    if (p == half) {
+      store(dst + row * d + d - 1, load<A>(src + row * d + d - 1));
+      continue;
+    }
     const int64_t lo = attn::pair_lo(p, d, r.interleaved), hi = attn::pair_hi(p, d, r.interleaved);
     A x1 = load<A>(src + row * d + lo), x2 = load<A>(src + row * d + hi);
     if (inv_freq) {
@@ -44,12 +49,11 @@ __global__ void rope_out_kernel(const Tin* src, Tout* dst, int64_t rows, int64_t
   }
 }
 
+// Query row i of (sample, head) bh: one warp.
 template <typename T, typename A>
-__global__ void __launch_bounds__(kWarps * 32) forward_kernel(attn::Args a, const A* qr, const A* kr) {
+__device__ void forward_row(const attn::Args& a, const A* qr, const A* kr, int64_t i, int64_t bh) {
   const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int64_t bh = blockIdx.y, b = bh / a.H, h = bh % a.H, hk = h / (a.H / a.Hkv);
-  if (i >= a.Lq) return;
+  const int64_t b = bh / a.H, h = bh % a.H, hk = h / (a.H / a.Hkv);
   const int64_t d = a.d, per = (d + 31) / 32;
   const A scale = static_cast<A>(a.scale);
   const A* q = qr + (bh * a.Lq + i) * d;
@@ -95,6 +99,13 @@ __global__ void __launch_bounds__(kWarps * 32) forward_kernel(attn::Args a, cons
   if (lane == 0) static_cast<A*>(a.lse)[row] = l > A(0) ? m + log(l) : inf_of<A>();
 }
 
+template <typename T, typename A>
+__global__ void __launch_bounds__(kWarps * 32) forward_kernel(attn::Args a, const A* qr, const A* kr) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (i >= a.Lq) return;  // whole warps leave together
+  for (int64_t bh = blockIdx.y; bh < a.B * a.H; bh += gridDim.y) forward_row<T, A>(a, qr, kr, i, bh);
+}
+
 // D_i = dO_i · O_i, one warp per row; dO is also copied to the accumulation type.
 template <typename T, typename A>
 __global__ void __launch_bounds__(kWarps * 32) dot_do_o_kernel(attn::GradArgs g, A* go, A* Dv, int64_t rows) {
@@ -135,12 +146,10 @@ __device__ __forceinline__ void p_ds(const attn::Args& a, const A* q, const A* k
 
 // dQ: one warp per query row, lanes over 32 keys at a time.
 template <typename T, typename A>
-__global__ void __launch_bounds__(kWarps * 32) dq_kernel(attn::Args a, const A* qr, const A* kr, const A* go,
-                                                         const A* Dv, A* dqr) {
+__device__ void dq_row(const attn::Args& a, const A* qr, const A* kr, const A* go, const A* Dv, A* dqr, int64_t i,
+                       int64_t bh) {
   const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int64_t bh = blockIdx.y, b = bh / a.H, h = bh % a.H, hk = h / (a.H / a.Hkv);
-  if (i >= a.Lq) return;
+  const int64_t b = bh / a.H, h = bh % a.H, hk = h / (a.H / a.Hkv);
   const int64_t d = a.d, per = (d + 31) / 32, row = bh * a.Lq + i;
   const A* K = kr + (b * a.Hkv + hk) * a.Lk * d;
   const T* V = static_cast<const T*>(a.v) + (b * a.Hkv + hk) * a.Lk * d;
@@ -168,15 +177,21 @@ __global__ void __launch_bounds__(kWarps * 32) dq_kernel(attn::Args a, const A* 
   }
 }
 
+template <typename T, typename A>
+__global__ void __launch_bounds__(kWarps * 32) dq_kernel(attn::Args a, const A* qr, const A* kr, const A* go,
+                                                         const A* Dv, A* dqr) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (i >= a.Lq) return;
+  for (int64_t bh = blockIdx.y; bh < a.B * a.H; bh += gridDim.y) dq_row<T, A>(a, qr, kr, go, Dv, dqr, i, bh);
+}
+
 // dK, dV: one warp per key row, lanes over 32 queries at a time, every query head of the group.
 template <typename T, typename A>
-__global__ void __launch_bounds__(kWarps * 32) dkv_kernel(attn::GradArgs g, const A* qr, const A* kr, const A* go,
-                                                          const A* Dv, A* dkr) {
+__device__ void dkv_row(const attn::GradArgs& g, const A* qr, const A* kr, const A* go, const A* Dv, A* dkr,
+                        int64_t j, int64_t bhk) {
   const attn::Args& a = g.fwd;
   const int lane = threadIdx.x & 31;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int64_t bhk = blockIdx.y, b = bhk / a.Hkv, hk = bhk % a.Hkv, G = a.H / a.Hkv;
-  if (j >= a.Lk) return;
+  const int64_t b = bhk / a.Hkv, hk = bhk % a.Hkv, G = a.H / a.Hkv;
   const int64_t d = a.d, per = (d + 31) / 32;
   const A* kj = kr + (bhk * a.Lk + j) * d;
   const T* vj = static_cast<const T*>(a.v) + (bhk * a.Lk + j) * d;
@@ -215,6 +230,15 @@ __global__ void __launch_bounds__(kWarps * 32) dkv_kernel(attn::GradArgs g, cons
   }
 }
 
+template <typename T, typename A>
+__global__ void __launch_bounds__(kWarps * 32) dkv_kernel(attn::GradArgs g, const A* qr, const A* kr, const A* go,
+                                                          const A* Dv, A* dkr) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (j >= g.fwd.Lk) return;
+  for (int64_t bhk = blockIdx.y; bhk < g.fwd.B * g.fwd.Hkv; bhk += gridDim.y)
+    dkv_row<T, A>(g, qr, kr, go, Dv, dkr, j, bhk);
+}
+
 unsigned elementwise_grid(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535LL * 32)));
 }
@@ -223,9 +247,9 @@ unsigned elementwise_grid(int64_t n) {
 // accumulation type for the SIMT kernels, the input type for the tensor-core ones.
 template <typename T, typename Out, typename A> void rotate_qk(const attn::Args& a, Out* qr, Out* kr, cudaStream_t st) {
   const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.Hkv * a.Lk;
-  rope_out_kernel<T, Out, A><<<elementwise_grid(qrows * a.d / 2), kThreads, 0, st>>>(
+  KX_LAUNCH(elementwise_grid(qrows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<T, Out, A>)(
       static_cast<const T*>(a.q), qr, qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, false);
-  rope_out_kernel<T, Out, A><<<elementwise_grid(krows * a.d / 2), kThreads, 0, st>>>(
+  KX_LAUNCH(elementwise_grid(krows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<T, Out, A>)(
       static_cast<const T*>(a.k), kr, krows, a.Hkv, a.Lk, a.d, 0, a.rope, false);
 }
 
@@ -268,8 +292,8 @@ int rope_attention_forward(const attn::Args& a, void* stream) {
       return;
     }
     rotate_qk<T, A, A>(a, qr, kr, st);
-    const dim3 grid(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.H));
-    forward_kernel<T, A><<<grid, kWarps * 32, 0, st>>>(a, qr, kr);
+    const dim3 grid(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), capped_grid_y(a.B * a.H));
+    KX_LAUNCH(grid, kWarps * 32, 0, st, forward_kernel<T, A>)(a, qr, kr);
   });
   return err ? err : last_error();
 }
@@ -297,22 +321,22 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
       rotate_qk<T, A, A>(a, qr, kr, st);
     }
     const unsigned row_blocks = static_cast<unsigned>((qrows + kWarps - 1) / kWarps);
-    if (qrows) dot_do_o_kernel<T, A><<<row_blocks, kWarps * 32, 0, st>>>(g, go, Dv, qrows);
+    if (qrows) KX_LAUNCH(row_blocks, kWarps * 32, 0, st, dot_do_o_kernel<T, A>)(g, go, Dv, qrows);
     if (tensor_cores) {
       err = tc_backward(g, qr, kr, Dv, dqr, dkr, st);
     } else {
       if (qrows) {
-        const dim3 gq(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.H));
-        dq_kernel<T, A><<<gq, kWarps * 32, 0, st>>>(a, qr, kr, go, Dv, dqr);
+        const dim3 gq(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), capped_grid_y(a.B * a.H));
+        KX_LAUNCH(gq, kWarps * 32, 0, st, dq_kernel<T, A>)(a, qr, kr, go, Dv, dqr);
       }
       if (krows) {
-        const dim3 gk(static_cast<unsigned>((a.Lk + kWarps - 1) / kWarps), static_cast<unsigned>(a.B * a.Hkv));
-        dkv_kernel<T, A><<<gk, kWarps * 32, 0, st>>>(g, qr, kr, go, Dv, dkr);
+        const dim3 gk(static_cast<unsigned>((a.Lk + kWarps - 1) / kWarps), capped_grid_y(a.B * a.Hkv));
+        KX_LAUNCH(gk, kWarps * 32, 0, st, dkv_kernel<T, A>)(g, qr, kr, go, Dv, dkr);
       }
     }
-    rope_out_kernel<A, T, A><<<elementwise_grid(qrows * a.d / 2), kThreads, 0, st>>>(
+    KX_LAUNCH(elementwise_grid(qrows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<A, T, A>)(
         dqr, static_cast<T*>(g.grad_q), qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, true);
-    rope_out_kernel<A, T, A><<<elementwise_grid(krows * a.d / 2), kThreads, 0, st>>>(
+    KX_LAUNCH(elementwise_grid(krows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<A, T, A>)(
         dkr, static_cast<T*>(g.grad_k), krows, a.Hkv, a.Lk, a.d, 0, a.rope, true);
   });
   return err ? err : last_error();
@@ -323,7 +347,7 @@ int apply_rope(const attn::RopeArgs& r, void* stream) {
   if (rows == 0) return 0;
   const auto st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(r.dtype, TypeMap, T, [&] {
-    rope_out_kernel<T, T, acc_t<T>><<<elementwise_grid(rows * r.d / 2), kThreads, 0, st>>>(
+    KX_LAUNCH(elementwise_grid(rows * ((r.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<T, T, acc_t<T>>)(
         static_cast<const T*>(r.x), static_cast<T*>(r.out), rows, r.H, r.L, r.d, 0, r.rope, r.inverse);
   });
   return last_error();

@@ -8,12 +8,11 @@
 // Backward, deterministic and without atomics: one kernel per key block accumulates dK and dV
 // over every query (and every query head of its GQA group); one kernel per query block
 // accumulates dQ over every key, recomputing the scores.
-#include <mma.h>
-
 #include <type_traits>
 
 #include "cuda/attention_tc.h"
 #include "cuda/common.cuh"
+#include "cuda/ptx.cuh"
 #include "kexue/dispatch.h"
 
 namespace kx {
@@ -109,9 +108,9 @@ template <int D> constexpr size_t forward_smem() {
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kFwdWarps * 32) forward_kernel(attn::Args a, const T* qt, const T* kt) {
+__device__ void forward_tile(const attn::Args& a, const T* qt, const T* kt, int64_t bh) {
   constexpr int ldh = D + kPadH, ldf = D + kPadF, lds = kCols + kPadF, ldp = kCols + kPadH;
-  extern __shared__ __align__(128) unsigned char smem[];
+  KX_DYNAMIC_SHARED(unsigned char, smem, 128);
   Carver cv{smem};
   T* Qs = cv.take<T>(half_tile(kFwdRows, D));
   T* Ks = cv.take<T>(half_tile(kFwdRows, D));
@@ -124,7 +123,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32) forward_kernel(attn::Args a, c
   float* alpha_s = cv.take<float>(round128(kFwdRows * 4));
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = 16 * warp;
-  const int64_t bh = blockIdx.y, b = bh / a.H, h = bh % a.H, bhk = b * a.Hkv + h / (a.H / a.Hkv);
+  const int64_t b = bh / a.H, h = bh % a.H, bhk = b * a.Hkv + h / (a.H / a.Hkv);
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kFwdRows, i1 = min(a.Lq, i0 + kFwdRows);
   const T* K = kt + bhk * a.Lk * D;
   const T* V = static_cast<const T*>(a.v) + bhk * a.Lk * D;
@@ -189,6 +188,16 @@ __global__ void __launch_bounds__(kFwdWarps * 32) forward_kernel(attn::Args a, c
   }
 }
 
+template <typename T, int D>
+__global__ void __launch_bounds__(kFwdWarps * 32) forward_kernel(attn::Args a, const T* qt, const T* kt) {
+  // grid.y is capped at 65535: blocks stride over (sample, head) beyond it, the shared memory
+  // consumed by every warp before the next one is loaded.
+  for (int64_t bh = blockIdx.y; bh < a.B * a.H; bh += gridDim.y) {
+    if (bh != blockIdx.y) __syncthreads();
+    forward_tile<T, D>(a, qt, kt, bh);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // dK, dV: a block owns 16·W keys of one (sample, kv head); warp w owns keys 16w..16w+15 and
 // meets every query of every query head of the group, 64 at a time. With d = 128 two warps keep
@@ -203,12 +212,12 @@ template <int D> constexpr size_t dkdv_smem() {
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(dkdv_warps<D>() * 32)
-    dkdv_kernel(attn::GradArgs g, const T* qt, const T* kt, const float* Dv, float* dk) {
+__device__ void dkdv_tile(const attn::GradArgs& g, const T* qt, const T* kt, const float* Dv, float* dk,
+                          int64_t bhk) {
   constexpr int rows = 16 * dkdv_warps<D>();
   constexpr int ldh = D + kPadH, ldf = D + kPadF, lds = kCols + kPadF, ldp = kCols + kPadH;
   const attn::Args& a = g.fwd;
-  extern __shared__ __align__(128) unsigned char smem[];
+  KX_DYNAMIC_SHARED(unsigned char, smem, 128);
   Carver cv{smem};
   T* Ks = cv.take<T>(half_tile(rows, D));
   T* Vs = cv.take<T>(half_tile(rows, D));
@@ -223,7 +232,7 @@ __global__ void __launch_bounds__(dkdv_warps<D>() * 32)
   float* D_s = cv.take<float>(round128(kCols * 4));
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = 16 * warp;
-  const int64_t bhk = blockIdx.y, b = bhk / a.Hkv, hk = bhk % a.Hkv, G = a.H / a.Hkv;
+  const int64_t b = bhk / a.Hkv, hk = bhk % a.Hkv, G = a.H / a.Hkv;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * rows, j1 = min(a.Lk, j0 + rows);
   const float scale = static_cast<float>(a.scale), inf = INFINITY;
   const float* lse = static_cast<const float*>(a.lse);
@@ -276,6 +285,15 @@ __global__ void __launch_bounds__(dkdv_warps<D>() * 32)
   }
 }
 
+template <typename T, int D>
+__global__ void __launch_bounds__(dkdv_warps<D>() * 32)
+    dkdv_kernel(attn::GradArgs g, const T* qt, const T* kt, const float* Dv, float* dk) {
+  for (int64_t bhk = blockIdx.y; bhk < g.fwd.B * g.fwd.Hkv; bhk += gridDim.y) {
+    if (bhk != blockIdx.y) __syncthreads();
+    dkdv_tile<T, D>(g, qt, kt, Dv, dk, bhk);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // dQ: a block owns 64 query rows of one (sample, head), warp w rows 16w..16w+15, over every key.
 
@@ -287,11 +305,10 @@ template <int D> constexpr size_t dq_smem() {
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kDqWarps * 32)
-    dq_kernel(attn::GradArgs g, const T* qt, const T* kt, const float* Dv, float* dq) {
+__device__ void dq_tile(const attn::GradArgs& g, const T* qt, const T* kt, const float* Dv, float* dq, int64_t bh) {
   constexpr int ldh = D + kPadH, ldf = D + kPadF, lds = kCols + kPadF, ldp = kCols + kPadH;
   const attn::Args& a = g.fwd;
-  extern __shared__ __align__(128) unsigned char smem[];
+  KX_DYNAMIC_SHARED(unsigned char, smem, 128);
   Carver cv{smem};
   T* Qs = cv.take<T>(half_tile(kDqRows, D));
   T* dOs = cv.take<T>(half_tile(kDqRows, D));
@@ -305,7 +322,7 @@ __global__ void __launch_bounds__(kDqWarps * 32)
   float* D_s = cv.take<float>(round128(kDqRows * 4));
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r0 = 16 * warp;
-  const int64_t bh = blockIdx.y, b = bh / a.H, h = bh % a.H, bhk = b * a.Hkv + h / (a.H / a.Hkv);
+  const int64_t b = bh / a.H, h = bh % a.H, bhk = b * a.Hkv + h / (a.H / a.Hkv);
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kDqRows, i1 = min(a.Lq, i0 + kDqRows);
   const float scale = static_cast<float>(a.scale), inf = INFINITY;
   const float* lse = static_cast<const float*>(a.lse);
@@ -343,6 +360,15 @@ __global__ void __launch_bounds__(kDqWarps * 32)
   for (int e = lane; e < 16 * D; e += 32) {
     const int r = r0 + e / D, c = e % D;
     if (i0 + r < a.Lq) dq[(bh * a.Lq + i0 + r) * D + c] = dQs[r * ldf + c] * scale;
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kDqWarps * 32)
+    dq_kernel(attn::GradArgs g, const T* qt, const T* kt, const float* Dv, float* dq) {
+  for (int64_t bh = blockIdx.y; bh < g.fwd.B * g.fwd.H; bh += gridDim.y) {
+    if (bh != blockIdx.y) __syncthreads();
+    dq_tile<T, D>(g, qt, kt, Dv, dq, bh);
   }
 }
 
@@ -388,11 +414,11 @@ int forward(const attn::Args& a, const void* qt, const void* kt, cudaStream_t st
   return with_head_dim(a.d, [&](auto Dc) {
     constexpr int D = decltype(Dc)::value;
     constexpr size_t smem = forward_smem<D>();
-    const dim3 grid(static_cast<unsigned>((a.Lq + kFwdRows - 1) / kFwdRows), static_cast<unsigned>(a.B * a.H));
+    const dim3 grid(static_cast<unsigned>((a.Lq + kFwdRows - 1) / kFwdRows), capped_grid_y(a.B * a.H));
     KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
       if constexpr (std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value) {
         cudaFuncSetAttribute(forward_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-        forward_kernel<T, D><<<grid, kFwdWarps * 32, smem, st>>>(a, static_cast<const T*>(qt), static_cast<const T*>(kt));
+        KX_LAUNCH(grid, kFwdWarps * 32, smem, st, forward_kernel<T, D>)(a, static_cast<const T*>(qt), static_cast<const T*>(kt));
       }
     });
     return last_error();
@@ -411,15 +437,15 @@ int backward(const attn::GradArgs& g, const void* qt, const void* kt, const floa
         const T* k16 = static_cast<const T*>(kt);
         if (a.B * a.Hkv * a.Lk > 0) {
           constexpr size_t smem = dkdv_smem<D>();
-          const dim3 grid(static_cast<unsigned>((a.Lk + kv_rows - 1) / kv_rows), static_cast<unsigned>(a.B * a.Hkv));
+          const dim3 grid(static_cast<unsigned>((a.Lk + kv_rows - 1) / kv_rows), capped_grid_y(a.B * a.Hkv));
           cudaFuncSetAttribute(dkdv_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-          dkdv_kernel<T, D><<<grid, dkdv_warps<D>() * 32, smem, st>>>(g, q16, k16, Dv, dk);
+          KX_LAUNCH(grid, dkdv_warps<D>() * 32, smem, st, dkdv_kernel<T, D>)(g, q16, k16, Dv, dk);
         }
         if (a.B * a.H * a.Lq > 0) {
           constexpr size_t smem = dq_smem<D>();
-          const dim3 grid(static_cast<unsigned>((a.Lq + kDqRows - 1) / kDqRows), static_cast<unsigned>(a.B * a.H));
+          const dim3 grid(static_cast<unsigned>((a.Lq + kDqRows - 1) / kDqRows), capped_grid_y(a.B * a.H));
           cudaFuncSetAttribute(dq_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-          dq_kernel<T, D><<<grid, kDqWarps * 32, smem, st>>>(g, q16, k16, Dv, dq);
+          KX_LAUNCH(grid, kDqWarps * 32, smem, st, dq_kernel<T, D>)(g, q16, k16, Dv, dq);
         }
       }
     });

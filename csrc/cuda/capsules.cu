@@ -199,7 +199,7 @@ int dynamic_routing_forward(const caps::Args& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    forward_kernel<T><<<grid_for(a.batch), kThreads, 0, st>>>(a);
+    KX_LAUNCH(grid_for(a.batch), kThreads, 0, st, forward_kernel<T>)(a);
   });
   return last_error();
 }
@@ -214,7 +214,7 @@ int dynamic_routing_backward(const caps::GradArgs& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    backward_kernel<T><<<grid_for(a.batch), kThreads, 0, st>>>(a);
+    KX_LAUNCH(grid_for(a.batch), kThreads, 0, st, backward_kernel<T>)(a);
   });
   return last_error();
 }

@@ -1,10 +1,30 @@
 // Device helpers shared by the kexue CUDA kernels (torch-free).
+//
+// The same sources build with nvcc for the GPU and with the host compiler for the SIMT emulator
+// (KX_SIMT, csrc/simt/): this header, the launch helper (cuda/launch.cuh) and the instruction
+// wrappers (cuda/ptx.cuh) are the only places that tell the two apart.
 #pragma once
+#if defined(KX_SIMT)
+#include "simt/device.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
+#include "cuda/launch.cuh"
 #include "kexue/common.h"
+
+// The block's dynamic shared memory as `TYPE NAME[]`, aligned to ALIGN bytes.
+#if defined(KX_SIMT)
+#define KX_DYNAMIC_SHARED(TYPE, NAME, ALIGN) \
+  TYPE* const NAME = static_cast<TYPE*>(::kx::simt::dynamic_shared_memory())
+// A vector load or store of BYTES at P: the hardware faults when P is not aligned to BYTES.
+#define KX_ALIGNED_ACCESS(P, BYTES) ::kx::simt::check_aligned((P), (BYTES), "vector access")
+#else
+#define KX_DYNAMIC_SHARED(TYPE, NAME, ALIGN) extern __shared__ __align__(ALIGN) TYPE NAME[]
+#define KX_ALIGNED_ACCESS(P, BYTES) ((void)0)
+#endif
 
 namespace kx {
 namespace cuda {
@@ -33,6 +53,16 @@ template <> __device__ __forceinline__ void store<__half, float>(__half* p, floa
 }
 template <> __device__ __forceinline__ void store<__nv_bfloat16, float>(__nv_bfloat16* p, float v) {
   *p = __float2bfloat16_rn(v);
+}
+
+// grid.y and grid.z are at most 65535 on every GPU so far: kernels whose y index can exceed the
+// limit launch that many blocks along y and stride over the rest. Asked of the device (cheap: the
+// runtime caches it) rather than hard-coded, so the emulator can lower it in tests.
+inline unsigned capped_grid_y(int64_t n) {
+  int dev = 0, limit = 65535;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&limit, cudaDevAttrMaxGridDimY, dev) != cudaSuccess)
+    limit = 65535;
+  return static_cast<unsigned>(n < limit ? n : limit);
 }
 
 constexpr int kThreads = 256;

@@ -114,15 +114,14 @@ int coupling_forward(const coupling::Args& a, void* stream) {
       KX_BOOL_SWITCH(a.reverse, R, [&] {
         KX_BOOL_SWITCH(a.mask != nullptr, M, [&] {
           KX_BOOL_SWITCH(a.t != nullptr, HT, [&] {
-            forward_kernel<T, K, R, M, HT>
-                <<<task_grid(a.batch * chunks), kThreads, 0, st>>>(a, chunks, partial);
+            KX_LAUNCH(task_grid(a.batch * chunks), kThreads, 0, st, forward_kernel<T, K, R, M, HT>)(a, chunks, partial);
           });
         });
       });
     });
     if (chunks > 1) {
       const unsigned blocks = task_grid((a.batch + kThreads - 1) / kThreads);
-      sum_chunks_kernel<A><<<blocks, kThreads, 0, st>>>(partial, chunks, a.batch,
+      KX_LAUNCH(blocks, kThreads, 0, st, sum_chunks_kernel<A>)(partial, chunks, a.batch,
                                                         static_cast<A*>(a.logdet));
     }
   });
@@ -138,8 +137,7 @@ int coupling_backward(const coupling::GradArgs& a, void* stream) {
       KX_BOOL_SWITCH(a.reverse, R, [&] {
         KX_BOOL_SWITCH(a.mask != nullptr, M, [&] {
           KX_BOOL_SWITCH(a.t != nullptr, HT, [&] {
-            backward_kernel<T, K, R, M, HT>
-                <<<task_grid(a.batch * chunks), kThreads, 0, st>>>(a, chunks);
+            KX_LAUNCH(task_grid(a.batch * chunks), kThreads, 0, st, backward_kernel<T, K, R, M, HT>)(a, chunks);
           });
         });
       });

@@ -118,9 +118,9 @@ __global__ void __launch_bounds__(kThreads) q_sample_kernel(diff::QSampleArgs a,
 template <typename T, bool Clip, diff::Noise N>
 void launch_heun(const diff::StepArgs& a, bool vec, unsigned grid, cudaStream_t st) {
   if (a.eps2)
-    step_kernel<T, Clip, N, true><<<grid, kThreads, 0, st>>>(a, vec);
+    KX_LAUNCH(grid, kThreads, 0, st, step_kernel<T, Clip, N, true>)(a, vec);
   else
-    step_kernel<T, Clip, N, false><<<grid, kThreads, 0, st>>>(a, vec);
+    KX_LAUNCH(grid, kThreads, 0, st, step_kernel<T, Clip, N, false>)(a, vec);
 }
 
 template <typename T, bool Clip>
@@ -156,7 +156,7 @@ int q_sample(const diff::QSampleArgs& a, void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
     const bool vec = aligned4<T>(a.x0) && aligned4<T>(a.noise) && aligned4<T>(a.out);
-    q_sample_kernel<T><<<grid_for((total + 3) / 4), kThreads, 0, st>>>(a, vec);
+    KX_LAUNCH(grid_for((total + 3) / 4), kThreads, 0, st, q_sample_kernel<T>)(a, vec);
   });
   return last_error();
 }

@@ -56,8 +56,8 @@ size_t em_routing_forward_workspace(const em::Args& a) {
 int em_routing_forward(const em::Args& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (a.dtype == DType::F64) em_forward_kernel<double><<<em_blocks(a.batch), kEmThreads, 0, st>>>(a);
-  else em_forward_kernel<float><<<em_blocks(a.batch), kEmThreads, 0, st>>>(a);
+  if (a.dtype == DType::F64) KX_LAUNCH(em_blocks(a.batch), kEmThreads, 0, st, em_forward_kernel<double>)(a);
+  else KX_LAUNCH(em_blocks(a.batch), kEmThreads, 0, st, em_forward_kernel<float>)(a);
   return last_error();
 }
 
@@ -68,8 +68,8 @@ size_t em_routing_backward_workspace(const em::GradArgs& a) {
 int em_routing_backward(const em::GradArgs& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (a.dtype == DType::F64) em_backward_kernel<double><<<em_blocks(a.batch), kEmThreads, 0, st>>>(a);
-  else em_backward_kernel<float><<<em_blocks(a.batch), kEmThreads, 0, st>>>(a);
+  if (a.dtype == DType::F64) KX_LAUNCH(em_blocks(a.batch), kEmThreads, 0, st, em_backward_kernel<double>)(a);
+  else KX_LAUNCH(em_blocks(a.batch), kEmThreads, 0, st, em_backward_kernel<float>)(a);
   return last_error();
 }
 

@@ -245,12 +245,12 @@ int spectral_norm_power_iteration(const sn::PowerArgs& a, const SnPlan& p, void*
     A* part = t + p.t_elems;
     for (int64_t it = 0; it < a.n_iter; ++it) {
       if (p.row_tasks > 0)
-        rowdot_kernel<T><<<blocks_for(p.row_tasks, kWarps), kThreads, 0, st>>>(
+        KX_LAUNCH(blocks_for(p.row_tasks, kWarps), kThreads, 0, st, rowdot_kernel<T>)(
             table, single, a.count, p.row_tasks, t);
       if (p.col_tasks > 0)
-        colsum_kernel<T><<<static_cast<unsigned>(p.col_tasks), kThreads, 0, st>>>(
+        KX_LAUNCH(static_cast<unsigned>(p.col_tasks), kThreads, 0, st, colsum_kernel<T>)(
             table, single, a.count, t, part);
-      finish_kernel<T><<<static_cast<unsigned>(a.count), kThreads, 0, st>>>(
+      KX_LAUNCH(static_cast<unsigned>(a.count), kThreads, 0, st, finish_kernel<T>)(
           table, single, t, part, static_cast<A>(a.eps), static_cast<A*>(a.sigma),
           it + 1 == a.n_iter);
     }
@@ -269,14 +269,14 @@ int spectral_normalize_weight(const sn::NormalizeArgs& a, void* stream) {
     A* r = static_cast<A*>(a.workspace);
     A* scalars = r + a.rows;
     if (a.rows > 0)
-      weighted_rowdot_kernel<T, false><<<blocks_for(a.rows, kWarps), kThreads, 0, st>>>(
+      KX_LAUNCH(blocks_for(a.rows, kWarps), kThreads, 0, st, weighted_rowdot_kernel<T, false>)(
           static_cast<const T*>(a.W), nullptr, static_cast<const T*>(a.u),
           static_cast<const T*>(a.v), a.rows, a.cols, r);
-    normalize_finish_kernel<A, false><<<1, kThreads, 0, st>>>(
+    KX_LAUNCH(1, kThreads, 0, st, normalize_finish_kernel<A, false>)(
         r, a.rows, static_cast<A>(a.coeff), a.exact, nullptr, static_cast<A*>(a.sigma), scalars);
     const int64_t n = a.rows * a.cols;
     if (n > 0)
-      divide_kernel<T><<<std::min(blocks_for(n, kThreads), kMaxGrid), kThreads, 0, st>>>(
+      KX_LAUNCH(std::min(blocks_for(n, kThreads), kMaxGrid), kThreads, 0, st, divide_kernel<T>)(
           static_cast<const T*>(a.W), static_cast<T*>(a.out), n, scalars);
   });
   return last_error();
@@ -295,13 +295,13 @@ int spectral_normalize_weight_backward(const sn::NormalizeGradArgs& a, void* str
     const T* u = static_cast<const T*>(a.u);
     const T* v = static_cast<const T*>(a.v);
     if (a.rows > 0)
-      weighted_rowdot_kernel<T, true><<<blocks_for(a.rows, kWarps), kThreads, 0, st>>>(
+      KX_LAUNCH(blocks_for(a.rows, kWarps), kThreads, 0, st, weighted_rowdot_kernel<T, true>)(
           static_cast<const T*>(a.W), static_cast<const T*>(a.grad_out), u, v, a.rows, a.cols, r);
-    normalize_finish_kernel<A, true><<<1, kThreads, 0, st>>>(
+    KX_LAUNCH(1, kThreads, 0, st, normalize_finish_kernel<A, true>)(
         r, a.rows, static_cast<A>(a.coeff), a.exact, static_cast<const A*>(a.grad_sigma),
         nullptr, scalars);
     if (a.rows > 0 && a.cols > 0)
-      rank1_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(a.rows, kMaxGrid)), kThreads, 0, st>>>(
+      KX_LAUNCH(static_cast<unsigned>(std::min<int64_t>(a.rows, kMaxGrid)), kThreads, 0, st, rank1_kernel<T>)(
           static_cast<const T*>(a.grad_out), u, v, a.rows, a.cols, scalars,
           static_cast<T*>(a.grad_W));
   });

@@ -53,10 +53,10 @@ std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at
   a.log_s = ls.data_ptr();
   a.out = y.data_ptr();
   a.logdet = logdet.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (x.is_cuda()) {
-    c10::cuda::CUDAGuard guard(x.device());
-    check_cuda_launch(cuda::actnorm_forward(a, stream_of(x)), kOp);
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(x)) {
+    LaunchScope launch(x);
+    check_cuda_launch(cuda::actnorm_forward(a, launch.stream()), kOp);
     return {y, logdet};
   }
 #endif
@@ -99,12 +99,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(
   a.grad_x = gx.numel() ? gx.data_ptr() : nullptr;
   a.grad_bias = gb.data_ptr();
   a.grad_log_s = gls.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (x.is_cuda()) {
-    c10::cuda::CUDAGuard guard(x.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(x)) {
+    LaunchScope launch(x);
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::actnorm_backward_workspace(a), x);
-    check_cuda_launch(cuda::actnorm_backward(a, stream_of(x)), op);
+    check_cuda_launch(cuda::actnorm_backward(a, launch.stream()), op);
   } else
 #endif
   {

@@ -143,13 +143,13 @@ std::tuple<at::Tensor, at::Tensor> rope_attention(const at::Tensor& q, const at:
   p.a.out = out.data_ptr();
   p.a.lse = lse.data_ptr();
   if (out.numel() == 0) return {out, lse};
-#ifdef KEXUE_WITH_CUDA
-  if (q.is_cuda()) {
-    c10::cuda::CUDAGuard guard(q.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(q)) {
+    LaunchScope launch(q);
     TORCH_CHECK(p.a.d <= 256, op, ": the CUDA kernels take head dimensions up to 256, got ", p.a.d);
     at::Tensor ws;
     p.a.workspace = scratch(ws, cuda::rope_attention_workspace(p.a), q);
-    check_cuda_launch(cuda::rope_attention_forward(p.a, stream_of(q)), op);
+    check_cuda_launch(cuda::rope_attention_forward(p.a, launch.stream()), op);
     return {out, lse};
   }
 #endif
@@ -183,12 +183,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_attention_backward(
   ga.grad_v = gv.data_ptr();
   if (q.numel() == 0 && k.numel() == 0) return {gq, gk, gv};
   if (q.numel() == 0) return {gq, gk.zero_(), gv.zero_()};
-#ifdef KEXUE_WITH_CUDA
-  if (q.is_cuda()) {
-    c10::cuda::CUDAGuard guard(q.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(q)) {
+    LaunchScope launch(q);
     at::Tensor ws;
     ga.fwd.workspace = scratch(ws, cuda::rope_attention_backward_workspace(ga), q);
-    check_cuda_launch(cuda::rope_attention_backward(ga, stream_of(q)), op);
+    check_cuda_launch(cuda::rope_attention_backward(ga, launch.stream()), op);
     return {gq, gk, gv};
   }
 #endif
@@ -219,10 +219,10 @@ at::Tensor apply_rope(const at::Tensor& x, const OptT& positions, const at::Tens
   r.x = xc.data_ptr();
   r.out = out.data_ptr();
   if (out.numel() == 0) return out;
-#ifdef KEXUE_WITH_CUDA
-  if (x.is_cuda()) {
-    c10::cuda::CUDAGuard guard(x.device());
-    check_cuda_launch(cuda::apply_rope(r, stream_of(x)), op);
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(x)) {
+    LaunchScope launch(x);
+    check_cuda_launch(cuda::apply_rope(r, launch.stream()), op);
     return out;
   }
 #endif

@@ -65,12 +65,12 @@ std::tuple<at::Tensor, at::Tensor> dynamic_routing_forward(const at::Tensor& u_h
   static_cast<caps::Problem&>(a) = problem_of(u, sq, iterations, kOp);
   a.v = v.data_ptr();
   a.c = c.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (u.is_cuda()) {
-    c10::cuda::CUDAGuard guard(u.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(u)) {
+    LaunchScope launch(u);
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::dynamic_routing_forward_workspace(a), u);
-    check_cuda_launch(cuda::dynamic_routing_forward(a, stream_of(u)), kOp);
+    check_cuda_launch(cuda::dynamic_routing_forward(a, launch.stream()), kOp);
     return {v, c};
   }
 #endif
@@ -99,12 +99,12 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
   a.detach_routing = detach_routing;
   a.grad_v = g.data_ptr();
   a.grad_u = gu.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (u.is_cuda()) {
-    c10::cuda::CUDAGuard guard(u.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(u)) {
+    LaunchScope launch(u);
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::dynamic_routing_backward_workspace(a), u);
-    check_cuda_launch(cuda::dynamic_routing_backward(a, stream_of(u)), op);
+    check_cuda_launch(cuda::dynamic_routing_backward(a, launch.stream()), op);
     return gu;
   }
 #endif

@@ -6,11 +6,16 @@
 
 #include "kexue/common.h"
 
+// The CUDA launchers serve CUDA tensors, and in a build with the SIMT emulator (KEXUE_WITH_SIMT,
+// never together with real CUDA kernels) CPU tensors while the emulator is the CPU backend: the
+// same checks, workspace sizes and launch-error path as on a GPU.
+#if defined(KEXUE_WITH_CUDA) || defined(KEXUE_WITH_SIMT)
+#define KX_GPU_LAUNCHERS 1
+#include "cuda/kernels.h"
+#endif
 #ifdef KEXUE_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-
-#include "cuda/kernels.h"
 #endif
 
 namespace kx {
@@ -53,10 +58,41 @@ inline void check_device_supported(const at::Tensor& t, const char* op) {
 #endif
 }
 
-#ifdef KEXUE_WITH_CUDA
-inline void* stream_of(const at::Tensor& t) {
-  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
+// Which kernels run for CPU tensors: "cpu" (the CPU kernels) or "simt" (the CUDA kernels on the
+// emulator, in builds that have it). Set through kexue._C.set_cpu_backend.
+bool simt_backend();
+
+// Whether a call on tensors like `t` goes to the CUDA launchers.
+inline bool gpu_launchers(const at::Tensor& t) {
+#if defined(KEXUE_WITH_CUDA)
+  return t.is_cuda();
+#elif defined(KEXUE_WITH_SIMT)
+  return t.is_cpu() && simt_backend();
+#else
+  (void)t;
+  return false;
+#endif
 }
+
+#ifdef KX_GPU_LAUNCHERS
+// The device context of a launch: the tensor's CUDA device and its current stream; for the
+// emulator, which runs every launch to completion on the calling thread, nothing.
+class LaunchScope {
+ public:
+#ifdef KEXUE_WITH_CUDA
+  explicit LaunchScope(const at::Tensor& t)
+      : guard_(t.device()), stream_(c10::cuda::getCurrentCUDAStream(t.device().index()).stream()) {}
+#else
+  explicit LaunchScope(const at::Tensor&) {}
+#endif
+  void* stream() const { return stream_; }
+
+ private:
+#ifdef KEXUE_WITH_CUDA
+  c10::cuda::CUDAGuard guard_;
+#endif
+  void* stream_ = nullptr;
+};
 
 // Device scratch for a launcher: `keep` holds the memory until the launch is enqueued (the
 // caching allocator keeps it valid for the stream); null when no bytes are needed.

@@ -104,12 +104,12 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x,
   a.mask_per_batch = o.mask_per_batch;
   a.out = y.data_ptr();
   a.logdet = logdet.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (x.is_cuda()) {
-    c10::cuda::CUDAGuard guard(x.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(x)) {
+    LaunchScope launch(x);
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::coupling_forward_workspace(a), x);
-    check_cuda_launch(cuda::coupling_forward(a, stream_of(x)), kOp);
+    check_cuda_launch(cuda::coupling_forward(a, launch.stream()), kOp);
     return {y, logdet};
   }
 #endif
@@ -155,10 +155,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coupling_backward(
   a.grad_x = gx.numel() ? gx.data_ptr() : nullptr;
   a.grad_s = gs.numel() ? gs.data_ptr() : nullptr;
   a.grad_t = gt.numel() ? gt.data_ptr() : nullptr;
-#ifdef KEXUE_WITH_CUDA
-  if (x.is_cuda()) {
-    c10::cuda::CUDAGuard guard(x.device());
-    check_cuda_launch(cuda::coupling_backward(a, stream_of(x)), op);
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(x)) {
+    LaunchScope launch(x);
+    check_cuda_launch(cuda::coupling_backward(a, launch.stream()), op);
     return {gx, gs, gt};
   }
 #endif

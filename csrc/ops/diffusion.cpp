@@ -182,10 +182,10 @@ std::tuple<at::Tensor, at::Tensor> run_step(diff::StepArgs& a, const at::Tensor&
   a.clip = clip.has_value();
   a.clip_value = clip.value_or(1.0);
   if (xc.numel() == 0) return {out, x0};
-#ifdef KEXUE_WITH_CUDA
-  if (xc.is_cuda()) {
-    c10::cuda::CUDAGuard guard(xc.device());
-    check_cuda_launch(cuda::diffusion_step(a, stream_of(xc)), op);
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(xc)) {
+    LaunchScope launch(xc);
+    check_cuda_launch(cuda::diffusion_step(a, launch.stream()), op);
     return {out, x0};
   }
 #endif
@@ -270,10 +270,10 @@ at::Tensor q_sample(const at::Tensor& x0, const at::Tensor& noise, const at::Ten
   a.noise = nc.data_ptr();
   a.out = out.data_ptr();
   if (out.numel() == 0) return out;
-#ifdef KEXUE_WITH_CUDA
-  if (xc.is_cuda()) {
-    c10::cuda::CUDAGuard guard(xc.device());
-    check_cuda_launch(cuda::q_sample(a, stream_of(xc)), op);
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(xc)) {
+    LaunchScope launch(xc);
+    check_cuda_launch(cuda::q_sample(a, launch.stream()), op);
     return out;
   }
 #endif

@@ -77,12 +77,12 @@ std::tuple<at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
   static_cast<em::Problem&>(a) = problem_of(s, V, ain, bu, ba, iterations, final_lambda, eps);
   a.mu = mu.data_ptr();
   a.a_out = a_out.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (V.is_cuda()) {
-    c10::cuda::CUDAGuard guard(V.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(V)) {
+    LaunchScope launch(V);
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::em_routing_forward_workspace(a), V);
-    check_cuda_launch(cuda::em_routing_forward(a, stream_of(V)), kOp);
+    check_cuda_launch(cuda::em_routing_forward(a, launch.stream()), kOp);
     return {mu, a_out};
   }
 #endif
@@ -121,12 +121,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
   a.grad_a_in = gain.data_ptr();
   a.grad_beta_u = gbu_b.data_ptr();
   a.grad_beta_a = gba_b.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (V.is_cuda()) {
-    c10::cuda::CUDAGuard guard(V.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(V)) {
+    LaunchScope launch(V);
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::em_routing_backward_workspace(a), V);
-    check_cuda_launch(cuda::em_routing_backward(a, stream_of(V)), op);
+    check_cuda_launch(cuda::em_routing_backward(a, launch.stream()), op);
     return {gV, gain, gbu_b.sum(0), gba_b.sum(0)};
   }
 #endif

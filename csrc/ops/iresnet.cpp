@@ -108,10 +108,10 @@ void activation_derivatives(const at::Tensor& h, at::Tensor& d1, at::Tensor& d2,
   a.h = h.data_ptr();
   a.d1 = d1.data_ptr();
   a.d2 = d2.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (h.is_cuda()) {
-    c10::cuda::CUDAGuard guard(h.device());
-    check_cuda_launch(cuda::activation_derivatives(a, stream_of(h)), op);
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(h)) {
+    LaunchScope launch(h);
+    check_cuda_launch(cuda::activation_derivatives(a, launch.stream()), op);
     return;
   }
 #endif

@@ -88,22 +88,22 @@ void run_power_iteration(at::TensorList Ws, at::TensorList us, at::TensorList vs
   a.eps = eps;
   a.sigma = sigma.data_ptr();
   bool done = false;
-#ifdef KEXUE_WITH_CUDA
-  if (Ws[0].is_cuda()) {
-    c10::cuda::CUDAGuard guard(Ws[0].device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(Ws[0])) {
+    LaunchScope launch(Ws[0]);
     const cuda::SnPlan plan = cuda::spectral_norm_plan(entries.data(), L);
     const auto bytes = static_cast<int64_t>(cuda::spectral_norm_workspace(plan, a.dtype));
     at::Tensor ws = at::empty({bytes}, Ws[0].options().dtype(at::kByte));
     a.workspace = bytes ? ws.data_ptr() : nullptr;
     at::Tensor table;
-    if (L > 1) {  // the table of weights, in device memory
+    if (L > 1) {  // the table of weights, in device memory (the emulator's device is the host)
       const auto tbytes = static_cast<int64_t>(L * sizeof(sn::Entry));
-      at::Tensor host = at::empty({tbytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+      at::Tensor host = at::empty({tbytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(Ws[0].is_cuda()));
       std::memcpy(host.data_ptr(), entries.data(), static_cast<size_t>(tbytes));
       table = host.to(Ws[0].device(), /*non_blocking=*/true);
       a.device_entries = static_cast<const sn::Entry*>(table.const_data_ptr());
     }
-    check_cuda_launch(cuda::spectral_norm_power_iteration(a, plan, stream_of(Ws[0])), op);
+    check_cuda_launch(cuda::spectral_norm_power_iteration(a, plan, launch.stream()), op);
     done = true;
   }
 #endif
@@ -243,13 +243,13 @@ std::tuple<at::Tensor, at::Tensor> normalize_weight(const at::Tensor& W, const a
   a.exact = exact;
   a.out = out.data_ptr();
   a.sigma = sigma.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (W.is_cuda()) {
-    c10::cuda::CUDAGuard guard(W.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(W)) {
+    LaunchScope launch(W);
     const auto bytes = static_cast<int64_t>(cuda::spectral_normalize_workspace(a));
     at::Tensor ws = at::empty({bytes}, W.options().dtype(at::kByte));
     a.workspace = ws.data_ptr();
-    check_cuda_launch(cuda::spectral_normalize_weight(a, stream_of(W)), kNormOp);
+    check_cuda_launch(cuda::spectral_normalize_weight(a, launch.stream()), kNormOp);
     return {out, sigma};
   }
 #endif
@@ -286,13 +286,13 @@ at::Tensor normalize_weight_backward(const at::Tensor& grad_out, const at::Tenso
   a.coeff = coeff;
   a.exact = exact;
   a.grad_W = grad_W.data_ptr();
-#ifdef KEXUE_WITH_CUDA
-  if (W.is_cuda()) {
-    c10::cuda::CUDAGuard guard(W.device());
+#ifdef KX_GPU_LAUNCHERS
+  if (gpu_launchers(W)) {
+    LaunchScope launch(W);
     const auto bytes = static_cast<int64_t>(cuda::spectral_normalize_backward_workspace(a));
     at::Tensor ws = at::empty({bytes}, W.options().dtype(at::kByte));
     a.workspace = ws.data_ptr();
-    check_cuda_launch(cuda::spectral_normalize_weight_backward(a, stream_of(W)), op);
+    check_cuda_launch(cuda::spectral_normalize_weight_backward(a, launch.stream()), op);
     return grad_W;
   }
 #endif
