@@ -8,7 +8,7 @@ import kexue
 from kexue.nn import RoPE
 from kexue.ops import attention as A
 
-from conftest import HAS_CUDA, low_precision_ok
+from conftest import low_precision_ok
 
 SCALINGS = [None, {"type": "linear", "factor": 2.0}, {"type": "ntk", "factor": 4.0},
             {"type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 32},
@@ -168,17 +168,15 @@ def test_kernel_bad_inputs():
         A.rope_attention(q, k, v, attn_mask=torch.ones(1, 1, 5, 5))
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("d", [32, 64, 96, 128, 80])  # 80: no tensor-core build, the SIMT path
 @pytest.mark.parametrize("mask", ["causal", "unilm", "uniae+padding+causal", "dense"])
-def test_tensor_core_path(dtype, d, mask):
-    # L = 300: tiles of 64 cut by the end; B·H = 6 with GQA; forward and all three gradients
-    # against float64 by the flash-attention rule.
-    B, H, Hkv, L = 3, 2, 1, 300
-    q, k, v = qkv(B, H, Hkv, L, L, d, "cuda")
-    kw = dict(masks(B, L, "cuda")[mask], rope=RoPE(d))
+def test_tensor_core_path(gpu, dtype, d, mask):
+    # Tiles of 64 cut by the end (L = 300 on a GPU, 130 on the emulator, which is slower); B·H = 6
+    # with GQA; forward and all three gradients against float64 by the flash-attention rule.
+    B, H, Hkv, L = 3, 2, 1, (300 if gpu == "cuda" else 130)
+    q, k, v = qkv(B, H, Hkv, L, L, d, gpu)
+    kw = dict(masks(B, L, gpu)[mask], rope=RoPE(d))
     hi_args = [t.clone().requires_grad_() for t in (q, k, v)]
     low_ref_args = [t.to(dtype).requires_grad_() for t in (q, k, v)]
     low_args = [t.to(dtype).requires_grad_() for t in (q, k, v)]
@@ -195,11 +193,9 @@ def test_tensor_core_path(dtype, d, mask):
         assert ok, (f"d{name}", info)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
-def test_tensor_core_path_empty_rows_and_decode():
-    q, k, v = qkv(2, 4, 2, 70, 70, 64, "cuda", torch.bfloat16)
-    mask = torch.ones(2, 1, 70, 70, dtype=torch.bool, device="cuda")
+def test_tensor_core_path_empty_rows_and_decode(gpu):
+    q, k, v = qkv(2, 4, 2, 70, 70, 64, gpu, torch.bfloat16)
+    mask = torch.ones(2, 1, 70, 70, dtype=torch.bool, device=gpu)
     mask[:, :, 5] = False
     args = [t.clone().requires_grad_() for t in (q, k, v)]
     out = A.rope_attention(*args, rope=RoPE(64), attn_mask=mask)
@@ -211,3 +207,34 @@ def test_tensor_core_path_empty_rows_and_decode():
                                 A.reference_rope_attention(q1, k, v, rope=RoPE(64), causal=True),
                                 A.reference_rope_attention(*(t.double() for t in (q1, k, v)), rope=RoPE(64), causal=True))
     assert ok, info
+
+
+@pytest.mark.parametrize("d,with_rope", [(1, False), (3, False), (5, False), (2, True), (6, True), (255, False),
+                                         (256, True)])
+def test_head_dims_from_one_to_the_largest(device, d, with_rope):
+    # Odd head dims (no RoPE) leave one column outside the rotation pairs; 256 is the largest the
+    # SIMT kernels hold per lane. A single query row and a decode step ride along.
+    rope = RoPE(d) if with_rope else None
+    for Lq, Lk in ((9, 9), (1, 1), (2, 9)):
+        q, k, v = qkv(2, 2, 1, Lq, Lk, d, device)
+        args = [t.clone().requires_grad_() for t in (q, k, v)]
+        ref_args = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = A.rope_attention(*args, rope=rope, causal=True)
+        ref = A.reference_rope_attention(*ref_args, rope=rope, causal=True)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        g = torch.randn_like(out)
+        for a, b in zip(torch.autograd.grad(out, args, g), torch.autograd.grad(ref, ref_args, g)):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        if with_rope:
+            x = torch.randn(2, 2, Lq, d, dtype=torch.float64, device=device)
+            torch.testing.assert_close(A.apply_rope(x, None, rope), A.reference_apply_rope(x, None, rope),
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_empty_batch(device):
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = qkv(0, 2, 1, 5, 5, 32, device, dtype)
+        args = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = A.rope_attention(*args, rope=RoPE(32), causal=True)
+        assert out.shape == (0, 2, 5, 32)
+        assert all(g.shape == t.shape for g, t in zip(torch.autograd.grad(out.float().sum(), args), args))

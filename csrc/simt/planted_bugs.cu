@@ -137,7 +137,7 @@ const std::map<std::string, Runner>& runners() {
          return KX_LAUNCH(1, 64, 0, nullptr, scratch_kernel<true>)(o, o + n / 2, static_cast<int>(n / 2));
        }},
       {"grid_y_70000", [](float* o, int64_t) { return KX_LAUNCH(dim3(1, 70000), 32, 0, nullptr, trivial_kernel)(o); }},
-      {"grid_y_65535_fixed",
+      {"grid_y_70000_fixed",
        [](float* o, int64_t) { return KX_LAUNCH(dim3(1, 65535), 1, 0, nullptr, trivial_kernel)(o); }},
       {"block_2048_threads", [](float* o, int64_t) { return KX_LAUNCH(1, 2048, 0, nullptr, trivial_kernel)(o); }},
       {"shuffle_reads_lane_outside_mask",
