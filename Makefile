@@ -10,7 +10,7 @@ NVCC   ?= nvcc
 DEPS   := scikit_build_core:scikit-build-core pybind11:pybind11 ninja:ninja pytest:pytest \
           hypothesis:hypothesis numpy:numpy scipy:scipy sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm
 
-.PHONY: demo test test-cuda bench wheel build deps cuda-check clean
+.PHONY: demo test test-cuda bench wheel build deps cuda-check gpu-check gpu-check-dry clean
 
 # The demo's poetry and sentence-matching sections read the small corpora beside the repository
 # when they are there (../shared/data); without them those sections say they are skipped.
@@ -62,6 +62,19 @@ cuda-check: deps
 	  $(CXX) -std=c++17 -fsyntax-only -Werror -DKEXUE_WITH_CUDA=1 -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE \
 	    -Icsrc -isystem $$ti -isystem $$ti/torch/csrc/api/include -isystem $(CUDA_INC) $$f; \
 	done
+
+# On the lent GPU machine, within ~10 minutes: sm_90 build, CUDA tests, compute-sanitizer, benchmarks,
+# one report in $(OUT). No deps/build prerequisites: that machine has no .venv, its python3 has torch.
+# Extra options through GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--only sanitizer,bench" for a rerun.
+PYTHON_FOR_GPU ?= python3
+OUT            ?= gpu-check-out
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON_FOR_GPU) tools/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
+
+# CI without a GPU: the same stages, the GPU ones reported as skipped, and the report written.
+gpu-check-dry:
+	$(PY) tools/gpu_check.py --dry-run --out $(OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache
