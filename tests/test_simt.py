@@ -41,7 +41,8 @@ CAUGHT_AS_ERRORS = {
     "dynamic_smem_above_attribute": "exceed the kernel's limit of 49152 bytes",
     "dynamic_smem_above_device_limit": "opt-in limit",
     "shared_write_past_end": "out-of-range shared memory write at byte 256",
-    "shuffle_reads_lane_outside_mask": "reads lane 20 in a shuffle, which is not in the mask",
+    "static_shared_write_past_end": "out-of-range shared memory write at byte 128 of static shared variable",
+    "spins_forever": "spins at atomics or fences",
     "shuffle_mask_names_exited_lane": "exit",
     "shuffle_waits_for_lane_at_barrier": "deadlock",
     "misaligned_vector_access": "misaligned address",
@@ -59,16 +60,26 @@ def test_planted_bug_is_an_error(name, schedule, seed):
 
 @needs_simt
 def test_every_planted_bug_is_tested():
-    tested = set(CAUGHT_AS_ERRORS) | {"missing_syncthreads", "reads_unwritten_scratch", "cp_async_read_before_wait"}
+    tested = set(CAUGHT_AS_ERRORS) | {"missing_syncthreads", "reads_unwritten_scratch", "cp_async_read_before_wait",
+                                      "shuffle_reads_lane_outside_mask"}
     names = set(C._simt_planted_bugs())
     assert names == tested | {n + "_fixed" for n in tested if n + "_fixed" in names}
 
 
 @needs_simt
-@pytest.mark.parametrize("fixed", ["grid_y_70000_fixed", "dynamic_smem_above_attribute_fixed"])
+@pytest.mark.parametrize("fixed", ["grid_y_70000_fixed", "dynamic_smem_above_attribute_fixed", "spins_forever_fixed"])
 def test_the_fixed_twins_run(fixed):
     err, out = run_planted(fixed)
     assert err == ""
+
+
+@needs_simt
+def test_a_shuffle_from_outside_its_mask_reads_poison():
+    # The value is undefined on the hardware; the emulator's is NaN, so only a kernel that uses it
+    # fails (a tree reduction over half a warp reads such lanes harmlessly).
+    for s, seed in SCHEDULES:
+        err, out = run_planted("shuffle_reads_lane_outside_mask", s, seed)
+        assert err == "" and torch.isnan(out[:16]).all()
 
 
 @needs_simt

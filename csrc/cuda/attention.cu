@@ -295,7 +295,8 @@ int rope_attention_forward(const attn::Args& a, void* stream) {
     const dim3 grid(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), capped_grid_y(a.B * a.H));
     KX_LAUNCH(grid, kWarps * 32, 0, st, forward_kernel<T, A>)(a, qr, kr);
   });
-  return err ? err : last_error();
+  const int tail = last_error();  // read even when err is set: nothing may leak into the next op
+  return err ? err : tail;
 }
 
 int rope_attention_backward(const attn::GradArgs& g, void* stream) {
@@ -339,7 +340,8 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
     KX_LAUNCH(elementwise_grid(krows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<A, T, A>)(
         dkr, static_cast<T*>(g.grad_k), krows, a.Hkv, a.Lk, a.d, 0, a.rope, true);
   });
-  return err ? err : last_error();
+  const int tail = last_error();  // read even when err is set: nothing may leak into the next op
+  return err ? err : tail;
 }
 
 int apply_rope(const attn::RopeArgs& r, void* stream) {

@@ -23,7 +23,7 @@ unsigned grid_for(int64_t batch) { return static_cast<unsigned>(std::min<int64_t
 template <typename T, typename A>
 __device__ void weighted_sum(const T* u, const A* w, A* out, int64_t n_in, int64_t n_out,
                              int64_t dim) {
-  __shared__ A partial[kThreads];
+  KX_STATIC_SHARED(A, partial, [kThreads]);
   const int64_t P = n_out * dim;
   if (P <= kThreads) {
     const int64_t stripes = kThreads / P;

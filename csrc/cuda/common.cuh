@@ -15,13 +15,20 @@
 #include "cuda/launch.cuh"
 #include "kexue/common.h"
 
-// The block's dynamic shared memory as `TYPE NAME[]`, aligned to ALIGN bytes.
+// The block's dynamic shared memory as `TYPE NAME[]`, aligned to ALIGN bytes; a static shared
+// variable `TYPE NAME DIMS` (DIMS: array bounds such as [32], or empty), which the emulator gives
+// each block fresh, poisoned and guarded.
 #if defined(KX_SIMT)
+#define KX_STATIC_SHARED(TYPE, NAME, DIMS)                                                          \
+  static char kx_static_shared_tag_##NAME;                                                          \
+  TYPE(&NAME) DIMS = *static_cast<TYPE(*) DIMS>(                                                    \
+      ::kx::simt::static_shared(&kx_static_shared_tag_##NAME, sizeof(TYPE DIMS), alignof(TYPE)))
 #define KX_DYNAMIC_SHARED(TYPE, NAME, ALIGN) \
   TYPE* const NAME = static_cast<TYPE*>(::kx::simt::dynamic_shared_memory())
 // A vector load or store of BYTES at P: the hardware faults when P is not aligned to BYTES.
 #define KX_ALIGNED_ACCESS(P, BYTES) ::kx::simt::check_aligned((P), (BYTES), "vector access")
 #else
+#define KX_STATIC_SHARED(TYPE, NAME, DIMS) __shared__ TYPE NAME DIMS
 #define KX_DYNAMIC_SHARED(TYPE, NAME, ALIGN) extern __shared__ __align__(ALIGN) TYPE NAME[]
 #define KX_ALIGNED_ACCESS(P, BYTES) ((void)0)
 #endif
@@ -71,7 +78,7 @@ static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block_sum assumes whole w
 // Sum over the block (launched with blockDim.x = kThreads); the result is valid in thread 0.
 // Fixed order: deterministic.
 template <typename A> __device__ __forceinline__ A block_sum(A v) {
-  __shared__ A warp_sums[kThreads / 32];
+  KX_STATIC_SHARED(A, warp_sums, [kThreads / 32]);
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) warp_sums[warp] = v;

@@ -10,7 +10,9 @@
 // - cp_async<Bytes>: an asynchronous global -> shared copy of 4, 8 or 16 bytes (the last
 //   Bytes - src_bytes zero-filled); cp_async_commit closes a group, cp_async_wait<N> waits until
 //   at most N groups are still in flight.
-// WMMA (nvcuda::wmma) comes from here too: the toolkit's <mma.h>, or the emulator's.
+// WMMA (nvcuda::wmma) comes from here too: the toolkit's <mma.h>, or the emulator's. The asm
+// statements that touch memory say so ("memory"), so the compiler keeps shared-memory accesses
+// on their side of them.
 #pragma once
 #include <cstdint>
 
@@ -81,13 +83,14 @@ template <int N> __device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], cons
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned p = smem_address(smem_row);
   if constexpr (N == 1)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p) : "memory");
   else if constexpr (N == 2)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(p) : "memory");
   else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(p));
+                 : "r"(p)
+                 : "memory");
 #else
   __trap();
 #endif
@@ -98,15 +101,17 @@ template <int N> __device__ __forceinline__ void ldmatrix_trans(uint32_t (&r)[N]
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned p = smem_address(smem_row);
   if constexpr (N == 1)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p) : "memory");
   else if constexpr (N == 2)
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                  : "=r"(r[0]), "=r"(r[1])
-                 : "r"(p));
+                 : "r"(p)
+                 : "memory");
   else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(p));
+                 : "r"(p)
+                 : "memory");
 #else
   __trap();
 #endif
@@ -117,10 +122,12 @@ template <int Bytes> __device__ __forceinline__ void cp_async(void* smem, const 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   if constexpr (Bytes == 16)  // .cg: bypass L1, the usual choice for tiles read once per block
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)), "l"(gmem),
-                 "r"(src_bytes));
+                 "r"(src_bytes)
+                 : "memory");
   else
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_address(smem)), "l"(gmem),
-                 "n"(Bytes), "r"(src_bytes));
+                 "n"(Bytes), "r"(src_bytes)
+                 : "memory");
 #else
   __trap();
 #endif
@@ -128,13 +135,13 @@ template <int Bytes> __device__ __forceinline__ void cp_async(void* smem, const 
 
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
 template <int N> __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 

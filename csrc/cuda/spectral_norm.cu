@@ -93,7 +93,8 @@ __global__ void __launch_bounds__(kThreads)
     finish_kernel(const Entry* table, Entry single, const acc_t<T>* t, acc_t<T>* part,
                   acc_t<T> eps, acc_t<T>* sigma, bool last) {
   using A = acc_t<T>;
-  __shared__ A d1_sh, wn_sh;
+  KX_STATIC_SHARED(A, d1_sh, );
+  KX_STATIC_SHARED(A, wn_sh, );
   const Entry e = table ? table[blockIdx.x] : single;
   const A* tw = t + e.t_off;
   A* y = part + e.part_off;

@@ -31,8 +31,10 @@
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
 #define __constant__ static
-// Static shared memory: one copy per worker thread, and a worker runs one block at a time.
-#define __shared__ static thread_local
+// Static shared memory is declared with KX_STATIC_SHARED (csrc/cuda/common.cuh), which gives each
+// block a fresh, poisoned and guarded copy; a plain __shared__ would silently keep the previous
+// block's values.
+#define __shared__ _Pragma("GCC error \"declare static shared memory with KX_STATIC_SHARED (cuda/common.cuh)\"")
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -52,8 +54,12 @@ inline void __syncthreads() { ::kx::simt::sync_block(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   ::kx::simt::warp_collective("__syncwarp", mask, nullptr, nullptr);
 }
-inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence() {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  ::kx::simt::yield_spin();
+}
+inline void __threadfence_block() { __threadfence(); }
+inline void __nanosleep(unsigned) { ::kx::simt::yield_spin(); }
 [[noreturn]] inline void __trap() { ::kx::simt::fail("__trap()"); }
 
 namespace kx {
@@ -84,10 +90,10 @@ inline void complete_shfl(Thread* const* lanes, unsigned mask) {
       case ShflKind::Down: src = l - seg + r.arg < w ? l + r.arg : l; break;
       case ShflKind::Xor: src = (l ^ r.arg) < seg + w ? (l ^ r.arg) : l; break;
     }
-    if (src < 0 || src > 31 || !(mask >> src & 1u))
-      fail("lane " + std::to_string(l) + " reads lane " + std::to_string(src) +
-           " in a shuffle, which is not in the mask (its value is undefined)");
-    r.out = static_cast<ShflRecord*>(lanes[src]->record)->in;
+    // A lane outside the mask gives an undefined value: poison (all ones, NaN in float types),
+    // which fails a test only if the kernel uses it, as on the hardware.
+    r.out = src >= 0 && src < 32 && (mask >> src & 1u) ? static_cast<ShflRecord*>(lanes[src]->record)->in
+                                                          : ~uint64_t(0);
   }
 }
 
@@ -164,38 +170,45 @@ inline int __all_sync(unsigned mask, int predicate) {
   return ::kx::simt::ballot("__all_sync", mask, predicate) == mask;
 }
 
-// ---- atomics: blocks run in parallel on several cores, so these are real atomics -------------
+// ---- atomics: real atomics (blocks run in parallel on several cores); each then lets the other
+// threads of the block run, since one of them may be spinning on the value -----------------------
 
-template <typename T> T __kx_add(T a, T b) { return a + b; }
-template <typename T> T __kx_max(T a, T b) { return a < b ? b : a; }
-template <typename T> T __kx_min(T a, T b) { return b < a ? b : a; }
-template <typename T> T __kx_second(T, T b) { return b; }
+namespace kx {
+namespace simt {
+template <typename T> T yielded(T result) {
+  yield_spin();
+  return result;
+}
+template <typename T> T cas(T* p, T compare, T v) {
+  __atomic_compare_exchange_n(p, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  return yielded(compare);
+}
+template <typename T> T add(T a, T b) { return a + b; }
+template <typename T> T larger(T a, T b) { return a < b ? b : a; }
+template <typename T> T smaller(T a, T b) { return b < a ? b : a; }
+template <typename T> T second(T, T b) { return b; }
+}  // namespace simt
+}  // namespace kx
 
-inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
-}
-inline float atomicAdd(float* p, float v) { return ::kx::simt::atomic_update_bits<float>(p, &__kx_add<float>, v); }
-inline double atomicAdd(double* p, double v) { return ::kx::simt::atomic_update_bits<double>(p, &__kx_add<double>, v); }
-inline int atomicMax(int* p, int v) { return ::kx::simt::atomic_update<int>(p, &__kx_max<int>, v); }
-inline int atomicMin(int* p, int v) { return ::kx::simt::atomic_update<int>(p, &__kx_min<int>, v); }
-inline unsigned atomicMax(unsigned* p, unsigned v) { return ::kx::simt::atomic_update<unsigned>(p, &__kx_max<unsigned>, v); }
-inline unsigned atomicMin(unsigned* p, unsigned v) { return ::kx::simt::atomic_update<unsigned>(p, &__kx_min<unsigned>, v); }
-inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
-inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
-inline float atomicExch(float* p, float v) { return ::kx::simt::atomic_update_bits<float>(p, &__kx_second<float>, v); }
-inline int atomicCAS(int* p, int compare, int v) {
-  __atomic_compare_exchange_n(p, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-  return compare;
-}
-inline unsigned atomicCAS(unsigned* p, unsigned compare, unsigned v) {
-  __atomic_compare_exchange_n(p, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-  return compare;
-}
+#define KX_SIMT_FETCH(T, NAME, EXPR) \
+  inline T NAME(T* p, T v) { return ::kx::simt::yielded(EXPR); }
+KX_SIMT_FETCH(int, atomicAdd, __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST))
+KX_SIMT_FETCH(unsigned, atomicAdd, __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST))
+KX_SIMT_FETCH(unsigned long long, atomicAdd, __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST))
+KX_SIMT_FETCH(float, atomicAdd, ::kx::simt::atomic_update_bits<float>(p, &::kx::simt::add<float>, v))
+KX_SIMT_FETCH(double, atomicAdd, ::kx::simt::atomic_update_bits<double>(p, &::kx::simt::add<double>, v))
+KX_SIMT_FETCH(int, atomicMax, ::kx::simt::atomic_update<int>(p, &::kx::simt::larger<int>, v))
+KX_SIMT_FETCH(int, atomicMin, ::kx::simt::atomic_update<int>(p, &::kx::simt::smaller<int>, v))
+KX_SIMT_FETCH(unsigned, atomicMax, ::kx::simt::atomic_update<unsigned>(p, &::kx::simt::larger<unsigned>, v))
+KX_SIMT_FETCH(unsigned, atomicMin, ::kx::simt::atomic_update<unsigned>(p, &::kx::simt::smaller<unsigned>, v))
+KX_SIMT_FETCH(int, atomicExch, __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST))
+KX_SIMT_FETCH(unsigned, atomicExch, __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST))
+KX_SIMT_FETCH(float, atomicExch, ::kx::simt::atomic_update_bits<float>(p, &::kx::simt::second<float>, v))
+#undef KX_SIMT_FETCH
+inline int atomicCAS(int* p, int compare, int v) { return ::kx::simt::cas(p, compare, v); }
+inline unsigned atomicCAS(unsigned* p, unsigned compare, unsigned v) { return ::kx::simt::cas(p, compare, v); }
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long compare, unsigned long long v) {
-  __atomic_compare_exchange_n(p, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-  return compare;
+  return ::kx::simt::cas(p, compare, v);
 }
 
 // ---- arithmetic the device provides globally ---------------------------------------------------

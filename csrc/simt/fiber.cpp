@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <stdexcept>
 
 namespace kx {
 namespace simt {
@@ -18,8 +19,14 @@ FiberStack::FiberStack(size_t bytes) {
   void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
   map_ = static_cast<char*>(p);
-  mprotect(map_, page, PROT_NONE);  // guard page at the low end: stacks grow down
   base_ = map_ + page;
+  // Guard page at the low end (stacks grow down). Without it an overflow would silently corrupt
+  // the next fiber's stack, so a failure here (the process's map count exhausted) is an error.
+  if (mprotect(map_, page, PROT_NONE) != 0) {
+    munmap(map_, mapped_);
+    map_ = nullptr;
+    throw std::runtime_error("SIMT emulator: cannot protect a fiber stack's guard page (too many memory mappings?)");
+  }
 }
 
 FiberStack::~FiberStack() {

@@ -19,14 +19,34 @@ using cuda::ptx::cp_async_commit;
 using cuda::ptx::cp_async_wait;
 
 // A write to shared memory read back by another thread: without the barrier the result depends on
-// which thread runs first (stale values of an earlier launch, salted away by `salt`).
+// which thread runs first (threads that read too early see poison, or on a GPU an earlier
+// launch's values, salted away by `salt`).
 template <bool Barrier> __global__ void exchange_kernel(float* out, float salt) {
-  __shared__ float s[64];
+  KX_STATIC_SHARED(float, s, [64]);
   const int t = threadIdx.x;
   s[t] = salt + static_cast<float>(t);
   if (Barrier) __syncthreads();
   out[t] = s[63 - t];
   out[64 + t] = salt;  // lets the test compute the right answer, salt + 63 - t
+}
+
+__global__ void static_write_past_end_kernel(float* out) {
+  KX_STATIC_SHARED(float, s, [32]);
+  s[threadIdx.x + 1] = 1.0f;  // thread 31 writes the 33rd float
+  out[threadIdx.x] = 0.0f;
+}
+
+// Thread 0 waits for a flag thread 1 sets; without the write (the bug) it would wait forever.
+template <bool Set> __global__ void spin_kernel(float* out) {
+  KX_STATIC_SHARED(int, flag, );
+  if (threadIdx.x == 0) flag = 0;
+  __syncthreads();
+  if (threadIdx.x == 1 && Set) atomicExch(&flag, 1);
+  if (threadIdx.x == 0) {
+    while (atomicAdd(&flag, 0) == 0) {
+    }
+    out[0] = 1.0f;
+  }
 }
 
 __global__ void write_past_end_kernel(float* out) {
@@ -48,9 +68,10 @@ __global__ void trivial_kernel(float* out) {
   if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) out[0] = 1.0f;
 }
 
+// Lane 20 is not in the mask: the value read is undefined (the emulator's is NaN).
 __global__ void shfl_outside_mask_kernel(float* out) {
   const int lane = threadIdx.x & 31;
-  if (lane < 16) out[lane] = __shfl_sync(0x0000ffffu, static_cast<float>(lane), 20);  // lane 20 not in the mask
+  if (lane < 16) out[lane] = __shfl_sync(0x0000ffffu, static_cast<float>(lane), 20);
 }
 
 __global__ void shfl_exited_lane_kernel(float* out) {
@@ -128,6 +149,10 @@ const std::map<std::string, Runner>& runners() {
        [](float* o, int64_t) { return KX_LAUNCH(1, 64, 0, nullptr, exchange_kernel<true>)(o, 1000.0f * ++g_salt); }},
       {"shared_write_past_end",
        [](float* o, int64_t) { return KX_LAUNCH(1, 64, 64 * sizeof(float), nullptr, write_past_end_kernel)(o); }},
+      {"static_shared_write_past_end",
+       [](float* o, int64_t) { return KX_LAUNCH(1, 32, 0, nullptr, static_write_past_end_kernel)(o); }},
+      {"spins_forever", [](float* o, int64_t) { return KX_LAUNCH(1, 32, 0, nullptr, spin_kernel<false>)(o); }},
+      {"spins_forever_fixed", [](float* o, int64_t) { return KX_LAUNCH(1, 32, 0, nullptr, spin_kernel<true>)(o); }},
       {"reads_unwritten_scratch",
        [](float* o, int64_t n) {
          return KX_LAUNCH(1, 64, 0, nullptr, scratch_kernel<false>)(o, o + n / 2, static_cast<int>(n / 2));
@@ -138,7 +163,7 @@ const std::map<std::string, Runner>& runners() {
        }},
       {"grid_y_70000", [](float* o, int64_t) { return KX_LAUNCH(dim3(1, 70000), 32, 0, nullptr, trivial_kernel)(o); }},
       {"grid_y_70000_fixed",
-       [](float* o, int64_t) { return KX_LAUNCH(dim3(1, 65535), 1, 0, nullptr, trivial_kernel)(o); }},
+       [](float* o, int64_t) { return KX_LAUNCH(dim3(1, 65535), 32, 0, nullptr, trivial_kernel)(o); }},
       {"block_2048_threads", [](float* o, int64_t) { return KX_LAUNCH(1, 2048, 0, nullptr, trivial_kernel)(o); }},
       {"shuffle_reads_lane_outside_mask",
        [](float* o, int64_t) { return KX_LAUNCH(1, 32, 0, nullptr, shfl_outside_mask_kernel)(o); }},

@@ -92,9 +92,8 @@ template <int N, bool Trans> void complete_ldmatrix(Thread* const* lanes, unsign
   for (int m = 0; m < N; ++m)
     for (int row = 0; row < 8; ++row) {
       const void* p = static_cast<LdmatrixRecord*>(lanes[8 * m + row]->record)->row;
-      if (!in_dynamic_shared(p, 16))
-        fail("ldmatrix: lane " + std::to_string(8 * m + row) +
-             " gives a row address outside the block's dynamic shared memory");
+      if (!in_shared(p, 16))
+        fail("ldmatrix: lane " + std::to_string(8 * m + row) + " gives a row address outside the block's shared memory");
       check_aligned(p, 16, "ldmatrix row address");
       std::memcpy(M[m][row], p, 16);
     }

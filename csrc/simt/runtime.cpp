@@ -4,7 +4,9 @@
 #include <cuda_runtime.h>
 
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_set>
 
 #include "simt/errors.h"
 #include "simt/scheduler.h"
@@ -35,7 +37,12 @@ int take_error() {
   return e;
 }
 const char* error_message(int code) {
-  return code != 0 && code == t_errors.last_code ? t_errors.last_message.c_str() : nullptr;
+  if (code == 0 || code != t_errors.last_code) return nullptr;
+  // CUDA's strings live forever; so do these (one copy of each distinct message).
+  static std::mutex m;
+  static std::unordered_set<std::string>* kept = new std::unordered_set<std::string>();
+  std::lock_guard<std::mutex> lock(m);
+  return kept->insert(t_errors.last_message).first->c_str();
 }
 
 }  // namespace simt

@@ -26,6 +26,9 @@ namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kGuardBytes = 1024;
+constexpr size_t kStaticGuardBytes = 64;  // around each static __shared__ variable
+constexpr size_t kStaticArenaBytes = kSmemPerBlockDefault + 16 * 1024;  // 48 KB of variables + guards
+constexpr uint64_t kMaxSpins = 1'000'000;
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr unsigned char kPoisonByte = 0xFF;  // NaN in every floating type
 
@@ -84,7 +87,7 @@ std::string lanes_text(unsigned mask) {
 
 class Worker {
  public:
-  Worker() : smem_(kSmemPerBlockOptin + 2 * kGuardBytes + 128) {}
+  Worker() : smem_(kSmemPerBlockOptin + 2 * kGuardBytes + 128), static_arena_(kStaticArenaBytes + 128) {}
 
   // Runs one block; false (with `error`) when it failed.
   bool run_block(const LaunchSpec& spec, uint3 block_idx, uint64_t block_linear, std::string& error);
@@ -100,6 +103,7 @@ class Worker {
   std::vector<Thread> threads_;
   std::vector<int> order_;
   std::vector<unsigned char> smem_;
+  std::vector<unsigned char> static_arena_;
   Block block_{};
   Schedule schedule_ = Schedule::Forward;
   uint64_t seed_ = 0;
@@ -159,6 +163,13 @@ void Worker::prepare(const LaunchSpec& spec, uint3 block_idx) {
   std::memset(b.dynamic_smem - kGuardBytes, kGuardByte, kGuardBytes);
   std::memset(b.dynamic_smem, kPoisonByte, b.dynamic_bytes);
   std::memset(b.dynamic_smem + b.dynamic_bytes, kGuardByte, kGuardBytes);
+  uintptr_t sbase = (reinterpret_cast<uintptr_t>(static_arena_.data()) + 127) & ~uintptr_t(127);
+  b.static_arena = reinterpret_cast<unsigned char*>(sbase);
+  b.static_capacity = kStaticArenaBytes;
+  b.static_used = 0;
+  b.static_bytes = 0;
+  b.statics.clear();
+  b.spins = 0;
   const unsigned bx = spec.block.x, by = spec.block.y;
   for (int i = 0; i < n; ++i) {
     Thread& t = threads_[i];
@@ -217,20 +228,35 @@ std::string Worker::deadlock_text() const {
 
 bool Worker::guards_intact(std::string& error) const {
   const Block& b = block_;
+  auto intact = [](const unsigned char* p, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+      if (p[i] != kGuardByte) return i;
+    return n;
+  };
   const unsigned char* lo = b.dynamic_smem - kGuardBytes;
   const unsigned char* hi = b.dynamic_smem + b.dynamic_bytes;
-  for (size_t i = kGuardBytes; i-- > 0;)
-    if (lo[i] != kGuardByte) {
-      error = where(b, nullptr) + ": out-of-range shared memory write " + std::to_string(kGuardBytes - i) +
-              " bytes before the start of its " + std::to_string(b.dynamic_bytes) + " bytes of dynamic shared memory";
+  const std::string dyn = " of its " + std::to_string(b.dynamic_bytes) + " bytes of dynamic shared memory";
+  if (size_t i = intact(lo, kGuardBytes); i < kGuardBytes) {
+    error = where(b, nullptr) + ": out-of-range shared memory write " + std::to_string(kGuardBytes - i) +
+            " bytes before the start" + dyn;
+    return false;
+  }
+  if (size_t i = intact(hi, kGuardBytes); i < kGuardBytes) {
+    error = where(b, nullptr) + ": out-of-range shared memory write at byte " + std::to_string(b.dynamic_bytes + i) + dyn;
+    return false;
+  }
+  for (size_t v = 0; v < b.statics.size(); ++v) {
+    const StaticShared& st = b.statics[v];
+    const std::string var = " of static shared variable " + std::to_string(v) + " (" + std::to_string(st.bytes) + " bytes)";
+    if (intact(st.data - kStaticGuardBytes, kStaticGuardBytes) < kStaticGuardBytes) {
+      error = where(b, nullptr) + ": out-of-range shared memory write before the start" + var;
       return false;
     }
-  for (size_t i = 0; i < kGuardBytes; ++i)
-    if (hi[i] != kGuardByte) {
-      error = where(b, nullptr) + ": out-of-range shared memory write at byte " + std::to_string(b.dynamic_bytes + i) +
-              " of its " + std::to_string(b.dynamic_bytes) + " bytes of dynamic shared memory";
+    if (size_t i = intact(st.data + st.bytes, kStaticGuardBytes); i < kStaticGuardBytes) {
+      error = where(b, nullptr) + ": out-of-range shared memory write at byte " + std::to_string(st.bytes + i) + var;
       return false;
     }
+  }
   return true;
 }
 
@@ -347,9 +373,14 @@ Pool& pool() {
   return *p;
 }
 
+// Every worker keeps a stack (two memory mappings: the stack and its guard page) per thread of
+// the largest block it ran, so the default stays well below Linux's 65530 mappings per process.
+constexpr int kMaxDefaultWorkers = 16;
+
 int workers_for(uint64_t blocks) {
   int w = config().workers;
-  if (w <= 0) w = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (w <= 0)
+    w = std::min(kMaxDefaultWorkers, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   return static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(w), blocks));
 }
 
@@ -453,7 +484,13 @@ int launch(const LaunchSpec& spec) {
       else if (schedule == Schedule::Reverse) linear = blocks - 1 - k;
       const uint3 idx = make_uint3(static_cast<unsigned>(linear % gx), static_cast<unsigned>(linear / gx % gy),
                                    static_cast<unsigned>(linear / (gx * gy)));
-      if (!w.run_block(spec, idx, linear, error)) {
+      bool ok = false;
+      try {
+        ok = w.run_block(spec, idx, linear, error);
+      } catch (const std::exception& e) {  // e.g. no memory for fiber stacks: an error, not a crash
+        error = std::string("launch of ") + spec.name + ": the emulator failed: " + e.what();
+      }
+      if (!ok) {
         std::lock_guard<std::mutex> lock(error_mutex);
         if (!failed.exchange(true)) first_error = error;
         return;
@@ -484,6 +521,7 @@ void fail(const std::string& message) {
 void sync_block() {
   Thread* t = tl_thread;
   Block* b = tl_block;
+  b->spins = 0;
   t->state = State::Barrier;
   ++b->at_barrier;
   if (b->at_barrier + b->exited == b->n_threads) {
@@ -511,6 +549,7 @@ void warp_collective(const char* op, unsigned mask, void* record, CompleteFn com
   Thread* lanes = b->threads + 32 * w;
   if (const unsigned gone = mask & b->warp_exited[w])
     fail(std::string(op) + ": its mask names lane " + std::to_string(__builtin_ctz(gone)) + ", which has exited");
+  b->spins = 0;
   t->state = State::Warp;
   t->op = op;
   t->mask = mask;
@@ -536,10 +575,48 @@ void warp_collective(const char* op, unsigned mask, void* record, CompleteFn com
 
 void* dynamic_shared_memory() { return tl_block->dynamic_smem; }
 
-bool in_dynamic_shared(const void* p, size_t bytes) {
+void* static_shared(const void* tag, size_t bytes, size_t align) {
+  Block* b = tl_block;
+  for (const StaticShared& st : b->statics)
+    if (st.tag == tag) return st.data;
+  align = std::max<size_t>(align, 16);
+  size_t off = (b->static_used + kStaticGuardBytes + align - 1) / align * align;
+  if (off + bytes + kStaticGuardBytes > b->static_capacity)
+    fail("static shared memory: more than the emulator's " + std::to_string(b->static_capacity) +
+         " bytes of variables and guards");
+  b->static_bytes += bytes;
+  if (b->static_bytes > static_cast<size_t>(kSmemPerBlockDefault))
+    fail("static shared memory of " + std::to_string(b->static_bytes) + " bytes exceeds the 48 KB limit");
+  if (b->static_bytes + b->dynamic_bytes > static_cast<size_t>(kSmemPerBlockOptin))
+    fail(std::to_string(b->static_bytes) + " bytes of static and " + std::to_string(b->dynamic_bytes) +
+         " bytes of dynamic shared memory exceed the H200's 227 KB per block");
+  unsigned char* data = b->static_arena + off;
+  std::memset(b->static_arena + b->static_used, kGuardByte, off - b->static_used);
+  std::memset(data, kPoisonByte, bytes);
+  std::memset(data + bytes, kGuardByte, kStaticGuardBytes);
+  b->static_used = off + bytes;
+  b->statics.push_back(StaticShared{tag, data, bytes});
+  return data;
+}
+
+bool in_shared(const void* p, size_t bytes) {
   const Block* b = tl_block;
   const unsigned char* c = static_cast<const unsigned char*>(p);
-  return c >= b->dynamic_smem && c + bytes <= b->dynamic_smem + b->dynamic_bytes;
+  if (c >= b->dynamic_smem && c + bytes <= b->dynamic_smem + b->dynamic_bytes) return true;
+  for (const StaticShared& st : b->statics)
+    if (c >= st.data && c + bytes <= st.data + st.bytes) return true;
+  return false;
+}
+
+void yield_spin() {
+  Thread* t = tl_thread;
+  Block* b = tl_block;
+  if (++b->spins > kMaxSpins)
+    fail("spins at atomics or fences for " + std::to_string(kMaxSpins) +
+         " turns while no thread reaches a barrier: waiting for a value no thread of this block will write "
+         "(the emulator runs the blocks of a launch independently, so waiting on another block never ends)");
+  make_runnable(b, t);
+  switch_context(t->ctx, b->scheduler);
 }
 
 void check_aligned(const void* p, size_t bytes, const char* what) {
@@ -554,8 +631,8 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
   if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async copies 4, 8 or 16 bytes, got " + std::to_string(bytes));
   if (src_bytes < 0 || src_bytes > bytes)
     fail("cp.async: src-size " + std::to_string(src_bytes) + " outside [0, " + std::to_string(bytes) + "]");
-  if (!in_dynamic_shared(dst, static_cast<size_t>(bytes)))
-    fail("cp.async: destination is not inside the block's dynamic shared memory");
+  if (!in_shared(dst, static_cast<size_t>(bytes)))
+    fail("cp.async: the destination is not inside the block's shared memory");
   check_aligned(dst, static_cast<size_t>(bytes), "cp.async destination");
   check_aligned(src, static_cast<size_t>(bytes), "cp.async source");
   tl_thread->copies.push_back(PendingCopy{dst, src, bytes, src_bytes, -1});

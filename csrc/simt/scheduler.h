@@ -89,6 +89,12 @@ struct Thread {
 struct Block;
 using CompleteFn = void (*)(Thread* const* lanes, unsigned mask);
 
+struct StaticShared {  // one static __shared__ variable of the running block
+  const void* tag;
+  unsigned char* data;
+  size_t bytes;
+};
+
 struct Block {
   uint3 block_idx;
   dim3 block_dim, grid_dim;
@@ -96,6 +102,10 @@ struct Block {
   Thread* threads;
   unsigned char* dynamic_smem;
   size_t dynamic_bytes;
+  unsigned char* static_arena;  // static __shared__ variables, carved on first use in the block
+  size_t static_capacity, static_used, static_bytes;
+  std::vector<StaticShared> statics;
+  uint64_t spins;  // yields at atomics and fences since a thread last reached a barrier or collective
   int at_barrier, exited;
   std::vector<unsigned> warp_waiting;  // per warp: lanes waiting at a collective
   std::vector<unsigned> warp_exited;   // per warp: lanes that have returned
@@ -129,8 +139,15 @@ void warp_collective(const char* op, unsigned mask, void* record, CompleteFn com
 
 // The calling block's dynamic shared memory (poisoned with 0xFF at block start, guarded).
 void* dynamic_shared_memory();
-// Whether [p, p + bytes) lies inside the calling block's dynamic shared memory.
-bool in_dynamic_shared(const void* p, size_t bytes);
+// The calling block's copy of the static __shared__ variable identified by `tag`: poisoned and
+// guarded like dynamic shared memory, fresh in every block, counted against the limits.
+void* static_shared(const void* tag, size_t bytes, size_t align);
+// Whether [p, p + bytes) lies inside the calling block's shared memory (dynamic or static).
+bool in_shared(const void* p, size_t bytes);
+// A point where a spinning thread lets the others run (atomics, fences): the hardware schedules
+// warps independently, so a kernel may wait for another thread's write. A block that spins for
+// too long without any thread reaching a barrier or collective is an error, not a hang.
+void yield_spin();
 // A vector access of `bytes` at p must be aligned to `bytes` (the hardware faults otherwise).
 void check_aligned(const void* p, size_t bytes, const char* what);
 
