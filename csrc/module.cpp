@@ -119,6 +119,24 @@ py::dict simt_config() {
   return d;
 }
 
+// What the emulated device reports through the CUDA runtime calls the launchers make.
+py::dict simt_device() {
+  cudaDeviceProp p;
+  cudaGetDeviceProperties(&p, 0);
+  int optin = 0;
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0);
+  py::dict d;
+  d["name"] = std::string(p.name);
+  d["compute_capability"] = py::make_tuple(p.major, p.minor);
+  d["multiprocessors"] = p.multiProcessorCount;
+  d["shared_memory_per_block"] = p.sharedMemPerBlock;
+  d["shared_memory_per_block_optin"] = optin;
+  d["registers_per_multiprocessor"] = p.regsPerMultiprocessor;
+  d["max_threads_per_block"] = p.maxThreadsPerBlock;
+  d["max_grid"] = py::make_tuple(p.maxGridSize[0], p.maxGridSize[1], p.maxGridSize[2]);
+  return d;
+}
+
 py::dict simt_launched() {
   py::dict d;
   for (const auto& kv : kx::simt::launched_kernels()) d[py::str(kv.first)] = kv.second;
@@ -151,6 +169,7 @@ PYBIND11_MODULE(_C, m) {
         "number of worker threads (0: one per core), and the grid.y/grid.z limit of the device it reports "
         "(65535 like every GPU; lower it to test kernels that stride beyond the limit on small problems).");
   m.def("simt_config", &simt_config, "The emulator's current schedule, seed, workers and grid.y/z limit.");
+  m.def("simt_device", &simt_device, "The device the emulator reports to the launchers (an H200).");
   m.def("simt_launched_kernels", &simt_launched,
         "Kernels the emulator has launched in this process: {'file.cu:kernel': launches}.");
   m.def("_simt_planted_bug", &kx::simt::run_planted_bug, py::arg("name"), py::arg("out"), py::arg("n"),

@@ -133,6 +133,15 @@ def test_backend_switch_rejects_unknown_names():
 
 
 @needs_simt
+def test_the_emulated_device_is_an_h200():
+    dev = C.simt_device()
+    assert dev["compute_capability"] == (9, 0) and dev["multiprocessors"] == 132
+    assert dev["shared_memory_per_block_optin"] == 227 * 1024 and dev["shared_memory_per_block"] == 48 * 1024
+    assert dev["registers_per_multiprocessor"] == 65536 and dev["max_threads_per_block"] == 1024
+    assert dev["max_grid"] == (2**31 - 1, 65535, 65535)
+
+
+@needs_simt
 def test_configure_rejects_bad_values():
     with pytest.raises(ValueError, match="schedule"):
         C.simt_configure("sideways")
@@ -293,6 +302,27 @@ def test_attention_strides_over_batch_heads_beyond_grid_y(dtype, d):
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a.float(), b, rtol=tol, atol=tol)
+
+
+@needs_simt
+def test_actnorm_strides_over_channels_beyond_grid_y():
+    x = torch.randn(3, 7, 50, dtype=torch.float64)
+    b, ls = torch.randn(7, dtype=torch.float64), 0.1 * torch.randn(7, dtype=torch.float64)
+    args = [t.clone().requires_grad_() for t in (x, b, ls)]
+    ref_args = [t.clone().requires_grad_() for t in (x, b, ls)]
+    y_ref, ld_ref = kexue.ops.reference_actnorm(*ref_args)
+    ref_grads = torch.autograd.grad(y_ref.sum() + ld_ref.sum(), ref_args)
+    with on_backend("simt"):
+        C.simt_configure("shuffle", 2, 0, 3)
+        try:
+            y, ld = kexue.ops.actnorm(*args)
+            grads = torch.autograd.grad(y.sum() + ld.sum(), args)
+        finally:
+            C.simt_configure("forward", 0, 0, 65535)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(ld, ld_ref)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r)
 
 
 def test_attention_with_batch_heads_beyond_65535(device):

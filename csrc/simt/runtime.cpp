@@ -89,6 +89,30 @@ cudaError_t cudaGetDeviceCount(int* count) {
   return cudaSuccess;
 }
 
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
+  using namespace kx::simt;
+  if (device != 0) return cudaErrorInvalidDevice;
+  std::memset(prop, 0, sizeof *prop);
+  std::strncpy(prop->name, "NVIDIA H200 (kexue SIMT emulator)", sizeof prop->name - 1);
+  prop->totalGlobalMem = size_t(141) << 30;
+  prop->sharedMemPerBlock = kSmemPerBlockDefault;
+  prop->sharedMemPerBlockOptin = kSmemPerBlockOptin;
+  prop->sharedMemPerMultiprocessor = kSmemPerSm;
+  prop->regsPerBlock = kRegsPerSm;
+  prop->regsPerMultiprocessor = kRegsPerSm;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = kMaxThreadsPerBlock;
+  prop->maxThreadsPerMultiProcessor = 2048;
+  prop->maxThreadsDim[0] = prop->maxThreadsDim[1] = 1024;
+  prop->maxThreadsDim[2] = 64;
+  prop->maxGridSize[0] = 2147483647;
+  prop->maxGridSize[1] = prop->maxGridSize[2] = static_cast<int>(config().max_grid_yz);
+  prop->major = kComputeMajor;
+  prop->minor = kComputeMinor;
+  prop->multiProcessorCount = kSmCount;
+  return cudaSuccess;
+}
+
 cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, int value) {
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize)
     return static_cast<cudaError_t>(kx::simt::set_max_dynamic_smem(func, value));
