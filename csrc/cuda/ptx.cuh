@@ -78,43 +78,37 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
 #endif
 }
 
-template <int N> __device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], const void* smem_row) {
+template <int N, bool Trans> __device__ __forceinline__ void ldmatrix_any(uint32_t (&r)[N], const void* smem_row) {
   static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned p = smem_address(smem_row);
-  if constexpr (N == 1)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p) : "memory");
+  uint32_t x[4];
+#define KX_LDMATRIX(SHAPE, REGS, ADDR, ...) \
+  asm volatile("ldmatrix.sync.aligned.m8n8." SHAPE ".shared.b16 " REGS ", [" ADDR "];\n" : __VA_ARGS__ : "r"(p) : "memory")
+  if constexpr (N == 1 && Trans)
+    KX_LDMATRIX("x1.trans", "{%0}", "%1", "=r"(x[0]));
+  else if constexpr (N == 1)
+    KX_LDMATRIX("x1", "{%0}", "%1", "=r"(x[0]));
+  else if constexpr (N == 2 && Trans)
+    KX_LDMATRIX("x2.trans", "{%0,%1}", "%2", "=r"(x[0]), "=r"(x[1]));
   else if constexpr (N == 2)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(p) : "memory");
+    KX_LDMATRIX("x2", "{%0,%1}", "%2", "=r"(x[0]), "=r"(x[1]));
+  else if constexpr (Trans)
+    KX_LDMATRIX("x4.trans", "{%0,%1,%2,%3}", "%4", "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3]));
   else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(p)
-                 : "memory");
+    KX_LDMATRIX("x4", "{%0,%1,%2,%3}", "%4", "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3]));
+#undef KX_LDMATRIX
+  for (int i = 0; i < N; ++i) r[i] = x[i];
 #else
   __trap();
 #endif
 }
 
+template <int N> __device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], const void* smem_row) {
+  ldmatrix_any<N, false>(r, smem_row);
+}
 template <int N> __device__ __forceinline__ void ldmatrix_trans(uint32_t (&r)[N], const void* smem_row) {
-  static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned p = smem_address(smem_row);
-  if constexpr (N == 1)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(p) : "memory");
-  else if constexpr (N == 2)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(p)
-                 : "memory");
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(p)
-                 : "memory");
-#else
-  __trap();
-#endif
+  ldmatrix_any<N, true>(r, smem_row);
 }
 
 template <int Bytes> __device__ __forceinline__ void cp_async(void* smem, const void* gmem, int src_bytes = Bytes) {
