@@ -42,7 +42,8 @@ CAUGHT_AS_ERRORS = {
     "dynamic_smem_above_device_limit": "opt-in limit",
     "shared_write_past_end": "out-of-range shared memory write at byte 256",
     "static_shared_write_past_end": "out-of-range shared memory write at byte 128 of static shared variable",
-    "spins_forever": "spins at atomics or fences",
+    "static_shared_write_before_start": "out-of-range shared memory write before the start of static shared",
+    "spins_forever": "atomics or fences in a row that neither wrote memory nor saw a value change",
     "shuffle_mask_names_exited_lane": "exit",
     "shuffle_waits_for_lane_at_barrier": "deadlock",
     "misaligned_vector_access": "misaligned address",
@@ -61,16 +62,38 @@ def test_planted_bug_is_an_error(name, schedule, seed):
 @needs_simt
 def test_every_planted_bug_is_tested():
     tested = set(CAUGHT_AS_ERRORS) | {"missing_syncthreads", "reads_unwritten_scratch", "cp_async_read_before_wait",
-                                      "shuffle_reads_lane_outside_mask"}
+                                      "shuffle_reads_lane_outside_mask", "static_shared_read_before_write"}
     names = set(C._simt_planted_bugs())
-    assert names == tested | {n + "_fixed" for n in tested if n + "_fixed" in names}
+    assert names == tested | {n + "_fixed" for n in tested if n + "_fixed" in names} | {"atomic_counter_fixed"}
 
 
 @needs_simt
-@pytest.mark.parametrize("fixed", ["grid_y_70000_fixed", "dynamic_smem_above_attribute_fixed", "spins_forever_fixed"])
+@pytest.mark.parametrize("fixed", ["grid_y_70000_fixed", "dynamic_smem_above_attribute_fixed"])
 def test_the_fixed_twins_run(fixed):
     err, out = run_planted(fixed)
     assert err == ""
+
+
+@needs_simt
+def test_waiting_on_another_thread_and_counting_with_atomics():
+    # A thread spinning on a flag another thread sets finishes (atomics are scheduling points);
+    # 2.56 million atomics with no barrier are not mistaken for a spin.
+    for s, seed in SCHEDULES:
+        err, out = run_planted("spins_forever_fixed", s, seed)
+        assert err == "" and out[0] == 1
+    err, out = run_planted("atomic_counter_fixed")
+    assert err == "" and out[0] == 256 * 10000
+
+
+@needs_simt
+def test_static_shared_memory_is_fresh_poison_in_every_block():
+    for workers in (1, 0):
+        with on_backend("simt"):
+            C.simt_configure("forward", 0, workers)
+            out = torch.empty(512)
+            assert C._simt_planted_bug("static_shared_read_before_write", out.data_ptr(), 512) == ""
+            C.simt_configure("forward", 0, 0)
+        assert torch.isnan(out[:8]).all(), out[:8]
 
 
 @needs_simt

@@ -56,10 +56,10 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 }
 inline void __threadfence() {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  ::kx::simt::yield_spin();
+  ::kx::simt::fence_point();
 }
 inline void __threadfence_block() { __threadfence(); }
-inline void __nanosleep(unsigned) { ::kx::simt::yield_spin(); }
+inline void __nanosleep(unsigned) { ::kx::simt::fence_point(); }
 [[noreturn]] inline void __trap() { ::kx::simt::fail("__trap()"); }
 
 namespace kx {
@@ -126,14 +126,9 @@ inline unsigned ballot(const char* op, unsigned mask, int predicate) {
   return r.out;
 }
 
-template <typename T> T atomic_update(T* p, T (*f)(T, T), T v) {
-  T old = __atomic_load_n(p, __ATOMIC_RELAXED);
-  while (!__atomic_compare_exchange_n(p, &old, f(old, v), false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
-  }
-  return old;
-}
-
+// *p = f(*p, v) by compare-and-swap on the bits (floats included); returns the old value.
 template <typename T> T atomic_update_bits(T* p, T (*f)(T, T), T v) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomics on 4- and 8-byte values");
   using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
   U* q = reinterpret_cast<U*>(p);
   U old = __atomic_load_n(q, __ATOMIC_RELAXED);
@@ -171,17 +166,25 @@ inline int __all_sync(unsigned mask, int predicate) {
 }
 
 // ---- atomics: real atomics (blocks run in parallel on several cores); each then lets the other
-// threads of the block run, since one of them may be spinning on the value -----------------------
+// threads of the block run, since one of them may be spinning on the value ----------------------
 
 namespace kx {
 namespace simt {
-template <typename T> T yielded(T result) {
-  yield_spin();
-  return result;
+template <typename T> uint64_t bits_of(T v) {
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+// old = *p; *p = f(old, v); then a scheduling point.
+template <typename T> T fetch_update(T* p, T (*f)(T, T), T v) {
+  const T old = atomic_update_bits<T>(p, f, v);
+  atomic_point(p, bits_of(old), bits_of(f(old, v)) != bits_of(old));
+  return old;
 }
 template <typename T> T cas(T* p, T compare, T v) {
-  __atomic_compare_exchange_n(p, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-  return yielded(compare);
+  const bool swapped = __atomic_compare_exchange_n(p, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  atomic_point(p, bits_of(compare), swapped && bits_of(compare) != bits_of(v));
+  return compare;  // the old value either way
 }
 template <typename T> T add(T a, T b) { return a + b; }
 template <typename T> T larger(T a, T b) { return a < b ? b : a; }
@@ -190,21 +193,21 @@ template <typename T> T second(T, T b) { return b; }
 }  // namespace simt
 }  // namespace kx
 
-#define KX_SIMT_FETCH(T, NAME, EXPR) \
-  inline T NAME(T* p, T v) { return ::kx::simt::yielded(EXPR); }
-KX_SIMT_FETCH(int, atomicAdd, __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST))
-KX_SIMT_FETCH(unsigned, atomicAdd, __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST))
-KX_SIMT_FETCH(unsigned long long, atomicAdd, __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST))
-KX_SIMT_FETCH(float, atomicAdd, ::kx::simt::atomic_update_bits<float>(p, &::kx::simt::add<float>, v))
-KX_SIMT_FETCH(double, atomicAdd, ::kx::simt::atomic_update_bits<double>(p, &::kx::simt::add<double>, v))
-KX_SIMT_FETCH(int, atomicMax, ::kx::simt::atomic_update<int>(p, &::kx::simt::larger<int>, v))
-KX_SIMT_FETCH(int, atomicMin, ::kx::simt::atomic_update<int>(p, &::kx::simt::smaller<int>, v))
-KX_SIMT_FETCH(unsigned, atomicMax, ::kx::simt::atomic_update<unsigned>(p, &::kx::simt::larger<unsigned>, v))
-KX_SIMT_FETCH(unsigned, atomicMin, ::kx::simt::atomic_update<unsigned>(p, &::kx::simt::smaller<unsigned>, v))
-KX_SIMT_FETCH(int, atomicExch, __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST))
-KX_SIMT_FETCH(unsigned, atomicExch, __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST))
-KX_SIMT_FETCH(float, atomicExch, ::kx::simt::atomic_update_bits<float>(p, &::kx::simt::second<float>, v))
-#undef KX_SIMT_FETCH
+#define KX_SIMT_ATOMIC(T, NAME, F) \
+  inline T NAME(T* p, T v) { return ::kx::simt::fetch_update<T>(p, &::kx::simt::F<T>, v); }
+KX_SIMT_ATOMIC(int, atomicAdd, add)
+KX_SIMT_ATOMIC(unsigned, atomicAdd, add)
+KX_SIMT_ATOMIC(unsigned long long, atomicAdd, add)
+KX_SIMT_ATOMIC(float, atomicAdd, add)
+KX_SIMT_ATOMIC(double, atomicAdd, add)
+KX_SIMT_ATOMIC(int, atomicMax, larger)
+KX_SIMT_ATOMIC(unsigned, atomicMax, larger)
+KX_SIMT_ATOMIC(int, atomicMin, smaller)
+KX_SIMT_ATOMIC(unsigned, atomicMin, smaller)
+KX_SIMT_ATOMIC(int, atomicExch, second)
+KX_SIMT_ATOMIC(unsigned, atomicExch, second)
+KX_SIMT_ATOMIC(float, atomicExch, second)
+#undef KX_SIMT_ATOMIC
 inline int atomicCAS(int* p, int compare, int v) { return ::kx::simt::cas(p, compare, v); }
 inline unsigned atomicCAS(unsigned* p, unsigned compare, unsigned v) { return ::kx::simt::cas(p, compare, v); }
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long compare, unsigned long long v) {

@@ -36,6 +36,33 @@ __global__ void static_write_past_end_kernel(float* out) {
   out[threadIdx.x] = 0.0f;
 }
 
+__global__ void static_write_before_start_kernel(float* out) {
+  KX_STATIC_SHARED(float, s, [32]);
+  s[static_cast<int>(threadIdx.x) - 1] = 1.0f;  // thread 0 writes the float before the array
+  out[threadIdx.x] = 0.0f;
+}
+
+// Every block reads its static shared variable before writing it: fresh poison in each block, never
+// the previous block's value (which a plain `static thread_local` would keep).
+__global__ void static_read_before_write_kernel(float* out) {
+  KX_STATIC_SHARED(float, s, );
+  if (threadIdx.x == 0) {
+    out[blockIdx.x] = s;
+    s = 1000.0f + blockIdx.x;
+  }
+}
+
+// Not a bug: 256 threads add 1 ten thousand times each, with no barrier in between (the emulator's
+// spin detection must not mistake this for waiting).
+__global__ void atomic_counter_kernel(float* out) {
+  KX_STATIC_SHARED(unsigned, count, );
+  if (threadIdx.x == 0) count = 0;
+  __syncthreads();
+  for (int i = 0; i < 10000; ++i) atomicAdd(&count, 1u);
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = static_cast<float>(count);
+}
+
 // Thread 0 waits for a flag thread 1 sets; without the write (the bug) it would wait forever.
 template <bool Set> __global__ void spin_kernel(float* out) {
   KX_STATIC_SHARED(int, flag, );
@@ -151,6 +178,12 @@ const std::map<std::string, Runner>& runners() {
        [](float* o, int64_t) { return KX_LAUNCH(1, 64, 64 * sizeof(float), nullptr, write_past_end_kernel)(o); }},
       {"static_shared_write_past_end",
        [](float* o, int64_t) { return KX_LAUNCH(1, 32, 0, nullptr, static_write_past_end_kernel)(o); }},
+      {"static_shared_write_before_start",
+       [](float* o, int64_t) { return KX_LAUNCH(1, 32, 0, nullptr, static_write_before_start_kernel)(o); }},
+      {"static_shared_read_before_write",
+       [](float* o, int64_t) { return KX_LAUNCH(8, 32, 0, nullptr, static_read_before_write_kernel)(o); }},
+      {"atomic_counter_fixed",
+       [](float* o, int64_t) { return KX_LAUNCH(1, 256, 0, nullptr, atomic_counter_kernel)(o); }},
       {"spins_forever", [](float* o, int64_t) { return KX_LAUNCH(1, 32, 0, nullptr, spin_kernel<false>)(o); }},
       {"spins_forever_fixed", [](float* o, int64_t) { return KX_LAUNCH(1, 32, 0, nullptr, spin_kernel<true>)(o); }},
       {"reads_unwritten_scratch",

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
-#include <unordered_set>
+#include <deque>
 
 #include "simt/errors.h"
 #include "simt/scheduler.h"
@@ -38,11 +38,13 @@ int take_error() {
 }
 const char* error_message(int code) {
   if (code == 0 || code != t_errors.last_code) return nullptr;
-  // CUDA's strings live forever; so do these (one copy of each distinct message).
+  // CUDA's strings live forever; these live for the next 1024 errors (callers copy them at once).
   static std::mutex m;
-  static std::unordered_set<std::string>* kept = new std::unordered_set<std::string>();
+  static std::deque<std::string>* kept = new std::deque<std::string>();
   std::lock_guard<std::mutex> lock(m);
-  return kept->insert(t_errors.last_message).first->c_str();
+  if (kept->empty() || kept->back() != t_errors.last_message) kept->push_back(t_errors.last_message);
+  if (kept->size() > 1024) kept->pop_front();
+  return kept->back().c_str();
 }
 
 }  // namespace simt
@@ -110,6 +112,11 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
   prop->major = kComputeMajor;
   prop->minor = kComputeMinor;
   prop->multiProcessorCount = kSmCount;
+  prop->maxBlocksPerMultiProcessor = 32;
+  prop->totalConstMem = 64 * 1024;
+  prop->l2CacheSize = 50 * 1024 * 1024;
+  prop->memoryBusWidth = 6144;
+  prop->reservedSharedMemPerBlock = 1024;
   return cudaSuccess;
 }
 

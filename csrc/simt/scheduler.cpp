@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -27,7 +28,7 @@ namespace {
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kGuardBytes = 1024;
 constexpr size_t kStaticGuardBytes = 64;  // around each static __shared__ variable
-constexpr size_t kStaticArenaBytes = kSmemPerBlockDefault + 16 * 1024;  // 48 KB of variables + guards
+constexpr size_t kStaticArenaBytes = 2 * kSmemPerBlockDefault;  // 48 KB of variables, guards and padding
 constexpr uint64_t kMaxSpins = 1'000'000;
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr unsigned char kPoisonByte = 0xFF;  // NaN in every floating type
@@ -112,7 +113,11 @@ class Worker {
 void Worker::fiber_main(void* arg) {
   Thread* t = static_cast<Thread*>(arg);
   Block* b = tl_block;
-  b->spec->body(b->spec->payload);
+  try {
+    b->spec->body(b->spec->payload);
+  } catch (const std::exception& e) {  // the emulator's own failures (memory), never the kernel's
+    fail(std::string("the emulator failed: ") + e.what());
+  }
   cp_async_wait(-1);  // every copy still in flight lands before the thread is gone
   // A lane that leaves while its warp waits for it in a collective, or the last thread to
   // arrive (by leaving) at a barrier others wait at: the hardware would hang or misbehave.
@@ -169,7 +174,12 @@ void Worker::prepare(const LaunchSpec& spec, uint3 block_idx) {
   b.static_used = 0;
   b.static_bytes = 0;
   b.statics.clear();
-  b.spins = 0;
+  b.dynamic_attribute = -1;
+  {
+    std::lock_guard<std::mutex> lock(g_registry_mutex);
+    auto it = g_max_dynamic_smem.find(spec.kernel);
+    if (it != g_max_dynamic_smem.end()) b.dynamic_attribute = it->second;
+  }
   const unsigned bx = spec.block.x, by = spec.block.y;
   for (int i = 0; i < n; ++i) {
     Thread& t = threads_[i];
@@ -183,6 +193,9 @@ void Worker::prepare(const LaunchSpec& spec, uint3 block_idx) {
     t.record = nullptr;
     t.copies.clear();
     t.next_group = 0;
+    t.spins = 0;
+    t.seen_addr = nullptr;
+    t.seen_value = 0;
     make_context(t.ctx, *stacks_[i], &Worker::fiber_main, &t);
     b.ready.push_back(i);
   }
@@ -248,7 +261,8 @@ bool Worker::guards_intact(std::string& error) const {
   for (size_t v = 0; v < b.statics.size(); ++v) {
     const StaticShared& st = b.statics[v];
     const std::string var = " of static shared variable " + std::to_string(v) + " (" + std::to_string(st.bytes) + " bytes)";
-    if (intact(st.data - kStaticGuardBytes, kStaticGuardBytes) < kStaticGuardBytes) {
+    const size_t before = static_cast<size_t>(st.data - st.guard);
+    if (intact(st.guard, before) < before) {
       error = where(b, nullptr) + ": out-of-range shared memory write before the start" + var;
       return false;
     }
@@ -331,10 +345,17 @@ class Pool {
       ++generation_;
     }
     cv_.notify_all();
-    fn(0);
+    // The other workers use fn and what it refers to: wait for them even if fn(0) throws.
+    std::exception_ptr failure;
+    try {
+      fn(0);
+    } catch (...) {
+      failure = std::current_exception();
+    }
     std::unique_lock<std::mutex> lock(m_);
     done_.wait(lock, [&] { return remaining_ == 0; });
     job_ = nullptr;
+    if (failure) std::rethrow_exception(failure);
   }
 
  private:
@@ -489,6 +510,8 @@ int launch(const LaunchSpec& spec) {
         ok = w.run_block(spec, idx, linear, error);
       } catch (const std::exception& e) {  // e.g. no memory for fiber stacks: an error, not a crash
         error = std::string("launch of ") + spec.name + ": the emulator failed: " + e.what();
+      } catch (...) {
+        error = std::string("launch of ") + spec.name + ": the emulator failed";
       }
       if (!ok) {
         std::lock_guard<std::mutex> lock(error_mutex);
@@ -521,7 +544,6 @@ void fail(const std::string& message) {
 void sync_block() {
   Thread* t = tl_thread;
   Block* b = tl_block;
-  b->spins = 0;
   t->state = State::Barrier;
   ++b->at_barrier;
   if (b->at_barrier + b->exited == b->n_threads) {
@@ -549,7 +571,6 @@ void warp_collective(const char* op, unsigned mask, void* record, CompleteFn com
   Thread* lanes = b->threads + 32 * w;
   if (const unsigned gone = mask & b->warp_exited[w])
     fail(std::string(op) + ": its mask names lane " + std::to_string(__builtin_ctz(gone)) + ", which has exited");
-  b->spins = 0;
   t->state = State::Warp;
   t->op = op;
   t->mask = mask;
@@ -579,23 +600,32 @@ void* static_shared(const void* tag, size_t bytes, size_t align) {
   Block* b = tl_block;
   for (const StaticShared& st : b->statics)
     if (st.tag == tag) return st.data;
-  align = std::max<size_t>(align, 16);
-  size_t off = (b->static_used + kStaticGuardBytes + align - 1) / align * align;
-  if (off + bytes + kStaticGuardBytes > b->static_capacity)
-    fail("static shared memory: more than the emulator's " + std::to_string(b->static_capacity) +
-         " bytes of variables and guards");
   b->static_bytes += bytes;
-  if (b->static_bytes > static_cast<size_t>(kSmemPerBlockDefault))
-    fail("static shared memory of " + std::to_string(b->static_bytes) + " bytes exceeds the 48 KB limit");
-  if (b->static_bytes + b->dynamic_bytes > static_cast<size_t>(kSmemPerBlockOptin))
-    fail(std::to_string(b->static_bytes) + " bytes of static and " + std::to_string(b->dynamic_bytes) +
-         " bytes of dynamic shared memory exceed the H200's 227 KB per block");
-  unsigned char* data = b->static_arena + off;
-  std::memset(b->static_arena + b->static_used, kGuardByte, off - b->static_used);
+  // The hardware's rules: static shared memory alone at most 48 KB; with dynamic shared memory at
+  // most 48 KB together, or, once the kernel opted in to more, static + the opted-in size at most
+  // the device's 227 KB.
+  const std::string sizes = std::to_string(b->static_bytes) + " bytes of static shared memory";
+  if (b->static_bytes > static_cast<size_t>(kSmemPerBlockDefault)) fail(sizes + " exceed the 48 KB limit");
+  if (b->dynamic_attribute < 0 && b->static_bytes + b->dynamic_bytes > static_cast<size_t>(kSmemPerBlockDefault))
+    fail(sizes + " and " + std::to_string(b->dynamic_bytes) + " of dynamic shared memory exceed 48 KB (above it a "
+         "kernel must opt in with cudaFuncAttributeMaxDynamicSharedMemorySize)");
+  if (b->dynamic_attribute >= 0 &&
+      b->static_bytes + static_cast<size_t>(b->dynamic_attribute) > static_cast<size_t>(kSmemPerBlockOptin))
+    fail(sizes + " and the " + std::to_string(b->dynamic_attribute) +
+         " opted-in bytes of dynamic shared memory exceed the H200's 227 KB per block");
+  align = std::max<size_t>(align, 16);
+  unsigned char* guard = b->static_arena + b->static_used;
+  uintptr_t at = reinterpret_cast<uintptr_t>(guard) + kStaticGuardBytes;
+  at = (at + align - 1) / align * align;  // the absolute address, whatever the arena's alignment
+  unsigned char* data = reinterpret_cast<unsigned char*>(at);
+  if (data + bytes + kStaticGuardBytes > b->static_arena + b->static_capacity)
+    fail("static shared memory: the emulator's arena of " + std::to_string(b->static_capacity) +
+         " bytes cannot hold the variables with their alignment and guards");
+  std::memset(guard, kGuardByte, static_cast<size_t>(data - guard));
   std::memset(data, kPoisonByte, bytes);
   std::memset(data + bytes, kGuardByte, kStaticGuardBytes);
-  b->static_used = off + bytes;
-  b->statics.push_back(StaticShared{tag, data, bytes});
+  b->static_used = static_cast<size_t>(data + bytes - b->static_arena);
+  b->statics.push_back(StaticShared{tag, guard, data, bytes});
   return data;
 }
 
@@ -608,15 +638,36 @@ bool in_shared(const void* p, size_t bytes) {
   return false;
 }
 
-void yield_spin() {
-  Thread* t = tl_thread;
-  Block* b = tl_block;
-  if (++b->spins > kMaxSpins)
-    fail("spins at atomics or fences for " + std::to_string(kMaxSpins) +
-         " turns while no thread reaches a barrier: waiting for a value no thread of this block will write "
-         "(the emulator runs the blocks of a launch independently, so waiting on another block never ends)");
+namespace {
+[[noreturn]] void spin_failure() {
+  fail("spins: " + std::to_string(kMaxSpins) +
+       " atomics or fences in a row that neither wrote memory nor saw a value change; it waits for a "
+       "write no thread of this block will make (the emulator runs the blocks of a launch "
+       "independently, so waiting on another block never ends)");
+}
+
+void yield_to_others(Thread* t, Block* b) {
   make_runnable(b, t);
   switch_context(t->ctx, b->scheduler);
+}
+}  // namespace
+
+void atomic_point(const void* addr, uint64_t observed, bool wrote) {
+  Thread* t = tl_thread;
+  const bool progress = wrote || addr != t->seen_addr || observed != t->seen_value;
+  t->seen_addr = addr;
+  t->seen_value = observed;
+  if (progress)
+    t->spins = 0;
+  else if (++t->spins > kMaxSpins)
+    spin_failure();
+  yield_to_others(t, tl_block);
+}
+
+void fence_point() {
+  Thread* t = tl_thread;
+  if (++t->spins > kMaxSpins) spin_failure();
+  yield_to_others(t, tl_block);
 }
 
 void check_aligned(const void* p, size_t bytes, const char* what) {

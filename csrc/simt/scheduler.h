@@ -83,6 +83,10 @@ struct Thread {
   void* record;
   std::vector<PendingCopy> copies;
   int64_t next_group;
+  // spin detection: atomics and fences in a row that neither wrote memory nor saw a new value
+  uint64_t spins;
+  const void* seen_addr;
+  uint64_t seen_value;
   Context ctx;
 };
 
@@ -91,6 +95,7 @@ using CompleteFn = void (*)(Thread* const* lanes, unsigned mask);
 
 struct StaticShared {  // one static __shared__ variable of the running block
   const void* tag;
+  unsigned char* guard;  // guard bytes from here up to data (the gap left by alignment included)
   unsigned char* data;
   size_t bytes;
 };
@@ -105,7 +110,7 @@ struct Block {
   unsigned char* static_arena;  // static __shared__ variables, carved on first use in the block
   size_t static_capacity, static_used, static_bytes;
   std::vector<StaticShared> statics;
-  uint64_t spins;  // yields at atomics and fences since a thread last reached a barrier or collective
+  int dynamic_attribute;  // the kernel's cudaFuncAttributeMaxDynamicSharedMemorySize, -1 if never set
   int at_barrier, exited;
   std::vector<unsigned> warp_waiting;  // per warp: lanes waiting at a collective
   std::vector<unsigned> warp_exited;   // per warp: lanes that have returned
@@ -144,10 +149,13 @@ void* dynamic_shared_memory();
 void* static_shared(const void* tag, size_t bytes, size_t align);
 // Whether [p, p + bytes) lies inside the calling block's shared memory (dynamic or static).
 bool in_shared(const void* p, size_t bytes);
-// A point where a spinning thread lets the others run (atomics, fences): the hardware schedules
-// warps independently, so a kernel may wait for another thread's write. A block that spins for
-// too long without any thread reaching a barrier or collective is an error, not a hang.
-void yield_spin();
+// Points where a spinning thread lets the others run: the hardware schedules warps independently,
+// so a kernel may wait for another thread's write. After an atomic at `addr` that returned
+// `observed` and wrote memory or not (`wrote`), and after a fence. A thread that makes a million
+// such turns in a row without writing or seeing a new value is an error, not a hang. (A spin on a
+// plain volatile load has no such point and would hang: kernels wait through atomics.)
+void atomic_point(const void* addr, uint64_t observed, bool wrote);
+void fence_point();
 // A vector access of `bytes` at p must be aligned to `bytes` (the hardware faults otherwise).
 void check_aligned(const void* p, size_t bytes, const char* what);
 
