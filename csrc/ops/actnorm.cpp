@@ -39,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor> actnorm_forward(const at::Tensor& x, const at
   const auto acc = acc_dtype(x.scalar_type());
   const at::Tensor xc = x.contiguous();
   const at::Tensor b = bias.to(acc).contiguous(), ls = log_scale.to(acc).contiguous();
-  at::Tensor y = at::empty_like(xc);
+  at::Tensor y = empty_output(xc);
   at::Tensor logdet = at::empty({geo.batch}, x.options().dtype(acc));
   if (geo.batch == 0) return {y, logdet};
   actnorm::Args a{};
@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward(
   const at::Tensor gl = grad_logdet.to(acc).contiguous();
   const at::Tensor b = bias.to(acc).contiguous(), ls = log_scale.to(acc).contiguous();
   // The per-channel sums are one pass whether or not both are wanted; unwanted ones are empty.
-  at::Tensor gx = output_mask[0] ? at::empty_like(xc) : at::empty({0}, x.options());
+  at::Tensor gx = output_mask[0] ? empty_output(xc) : at::empty({0}, x.options());
   at::Tensor gb = at::empty({geo.channels}, b.options());
   at::Tensor gls = at::empty({geo.channels}, b.options());
 
@@ -136,7 +136,7 @@ class ActNormFunction : public torch::autograd::Function<ActNormFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &bias = saved[1], &log_scale = saved[2];
-    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    const at::Tensor gy = grads[0].defined() ? grads[0] : zeros_output(x);
     const at::Tensor gl = grads[1].defined()
                               ? grads[1]
                               : at::zeros({x.size(0)}, x.options().dtype(acc_dtype(x.scalar_type())));

@@ -138,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor> rope_attention(const at::Tensor& q, const at:
   constexpr const char* op = "kexue.rope_attention";
   Prepared p = prepare(q, k, v, inv_freq, rope_scale, interleaved, positions, causal, segment_ids, mask_rule,
                        key_lengths, attn_mask, scale, op);
-  at::Tensor out = at::empty_like(p.q);
+  at::Tensor out = empty_output(p.q);
   at::Tensor lse = at::empty({p.a.B, p.a.H, p.a.Lq}, q.options().dtype(acc_dtype(q.scalar_type())));
   p.a.out = out.data_ptr();
   p.a.lse = lse.data_ptr();
@@ -172,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_attention_backward(
                   lse.scalar_type() == acc_dtype(q.scalar_type()),
               op, ": lse must be the forward's [B, H, Lq] log-sum-exp");
   const at::Tensor g = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
-  at::Tensor gq = at::empty_like(p.q), gk = at::empty_like(p.k), gv = at::empty_like(p.v);
+  at::Tensor gq = empty_output(p.q), gk = empty_output(p.k), gv = empty_output(p.v);
   attn::GradArgs ga{};
   ga.fwd = p.a;
   ga.fwd.out = const_cast<void*>(o.data_ptr());
@@ -206,7 +206,8 @@ at::Tensor apply_rope(const at::Tensor& x, const OptT& positions, const at::Tens
   const int64_t L = x.size(-2), d = x.size(-1);
   // Leading dims: positions [B, L] index the first one; the rest are heads.
   const int64_t B = x.dim() >= 3 ? x.size(0) : 1;
-  const int64_t H = L * d == 0 ? 0 : x.numel() / (B * L * d);
+  int64_t H = 1;  // a product of sizes, not numel / (B·L·d), which would divide by zero for B = 0
+  for (int64_t i = 1; i + 2 < x.dim(); ++i) H *= x.size(i);
   at::Tensor keep_freq, keep_pos;
   rope_args(r.rope, keep_freq, keep_pos, inv_freq, rope_scale, interleaved, positions, x, B, L, d, op);
   r.inverse = inverse;
@@ -215,7 +216,7 @@ at::Tensor apply_rope(const at::Tensor& x, const OptT& positions, const at::Tens
   r.L = L;
   r.d = d;
   const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty_like(xc);
+  at::Tensor out = empty_output(xc);
   r.x = xc.data_ptr();
   r.out = out.data_ptr();
   if (out.numel() == 0) return out;

@@ -91,7 +91,7 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
               op, ": grad_v must have shape [", B, ", ", n_out, ", ", D, "], got ", grad_v.sizes());
   const at::Tensor u = u_hat.contiguous();
   const at::Tensor g = grad_v.contiguous();
-  at::Tensor gu = at::empty_like(u);
+  at::Tensor gu = empty_output(u);
   if (u.numel() == 0) return gu.zero_();
 
   caps::GradArgs a{};

@@ -39,6 +39,10 @@ inline at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Every op's outputs are contiguous, whatever the inputs' layout; the fake kernels promise the same.
+inline at::Tensor empty_output(const at::Tensor& like) { return at::empty(like.sizes(), like.options()); }
+inline at::Tensor zeros_output(const at::Tensor& like) { return at::zeros(like.sizes(), like.options()); }
+
 inline void check_like(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
                        const char* op, const char* arg, bool same_dtype = true) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", arg, " must be on ", ref.device(),

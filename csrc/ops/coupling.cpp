@@ -86,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> coupling_forward(const at::Tensor& x,
                                                     c10::string_view scale, bool reverse,
                                                     double clamp) {
   Operands o = prepare(x, s, t, mask, scale, clamp);
-  at::Tensor y = at::empty_like(o.x);
+  at::Tensor y = empty_output(o.x);
   at::Tensor logdet = at::empty({o.batch}, x.options().dtype(acc_dtype(x.scalar_type())));
   if (o.batch == 0) return {y, logdet};
 
@@ -132,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> coupling_backward(
   TORCH_CHECK(grad_logdet.device() == x.device(), op, ": grad_logdet must be on ", x.device());
   const at::Tensor g = grad_out.contiguous();
   const at::Tensor gl = grad_logdet.to(acc_dtype(x.scalar_type())).contiguous();
-  auto maybe = [&](bool want) { return want ? at::empty_like(o.x) : at::empty({0}, x.options()); };
+  auto maybe = [&](bool want) { return want ? empty_output(o.x) : at::empty({0}, x.options()); };
   at::Tensor gx = maybe(output_mask[0]);
   at::Tensor gs = maybe(output_mask[1] && o.s.defined());
   at::Tensor gt = maybe(output_mask[2] && o.t.defined());
@@ -196,7 +196,7 @@ class CouplingFunction : public torch::autograd::Function<CouplingFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &s = saved[1], &t = saved[2], &mask = saved[3];
     // An output nobody used arrives undefined: its gradient is zero.
-    const at::Tensor gy = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    const at::Tensor gy = grads[0].defined() ? grads[0] : zeros_output(x);
     const at::Tensor gl = grads[1].defined()
                               ? grads[1]
                               : at::zeros({x.size(0)}, x.options().dtype(acc_dtype(x.scalar_type())));

@@ -170,8 +170,8 @@ void check_clip(const std::optional<double>& clip, const char* op) {
 std::tuple<at::Tensor, at::Tensor> run_step(diff::StepArgs& a, const at::Tensor& xc, const at::Tensor& ec,
                                             const Shape& shape, const std::optional<double>& clip, bool return_x0,
                                             const char* op) {
-  at::Tensor out = at::empty_like(xc);
-  at::Tensor x0 = return_x0 ? at::empty_like(xc) : at::empty({0}, xc.options());
+  at::Tensor out = empty_output(xc);
+  at::Tensor x0 = return_x0 ? empty_output(xc) : at::empty({0}, xc.options());
   a.dtype = kx_dtype(xc, op, "x_t");
   a.batch = shape.batch;
   a.per_sample = shape.per_sample;
@@ -262,7 +262,7 @@ at::Tensor q_sample(const at::Tensor& x0, const at::Tensor& noise, const at::Ten
   diff::QSampleArgs a{};
   a.abar = per_sample(alpha_bar, x0, op, "alpha_bar", true, keep);
   const at::Tensor xc = x0.contiguous(), nc = noise.contiguous();
-  at::Tensor out = at::empty_like(xc);
+  at::Tensor out = empty_output(xc);
   a.dtype = kx_dtype(x0, op, "x0");
   a.batch = shape.batch;
   a.per_sample = shape.per_sample;

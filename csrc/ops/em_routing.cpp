@@ -106,12 +106,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
               ": grad_a must have shape [", s.B, ", ", s.J, "], got ", grad_a.sizes());
   const at::Tensor V = votes.contiguous(), ain = a_in.contiguous(), bu = beta_u.contiguous(),
                    ba = beta_a.contiguous(), gmu = grad_mu.contiguous(), ga = grad_a.contiguous();
-  at::Tensor gV = at::empty_like(V), gain = at::empty_like(ain);
+  at::Tensor gV = empty_output(V), gain = empty_output(ain);
   at::Tensor gbu_b = at::empty({s.B, s.J}, V.options()), gba_b = at::empty({s.B, s.J}, V.options());
   if (s.B == 0 || s.J == 0) {
     gV.zero_();
     gain.zero_();
-    return {gV, gain, at::zeros_like(bu), at::zeros_like(ba)};
+    return {gV, gain, zeros_output(bu), zeros_output(ba)};
   }
   em::GradArgs a{};
   static_cast<em::Problem&>(a) = problem_of(s, V, ain, bu, ba, iterations, final_lambda, eps);

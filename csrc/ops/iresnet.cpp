@@ -74,12 +74,12 @@ at::Tensor logdet_power_series_backward(const at::Tensor& grad, const at::Tensor
   const int64_t blocks = (n + m - 1) / m;
   at::Tensor s;
   for (int64_t q = blocks - 1; q >= 0; --q) {
-    at::Tensor block = at::zeros_like(J);
+    at::Tensor block = zeros_output(J);
     for (int64_t r = 0; r < m && q * m + r < n; ++r)
       block.add_(p[r], (q * m + r) % 2 ? -1.0 : 1.0);
     s = s.defined() ? block + at::bmm(p[m], s) : block;
   }
-  return (s.transpose(1, 2) * grad.to(J.scalar_type()).view({-1, 1, 1})).to(J_in.scalar_type());
+  return (s.transpose(1, 2) * grad.to(J.scalar_type()).view({-1, 1, 1})).to(J_in.scalar_type()).contiguous();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -145,8 +145,8 @@ Mlp prepare_mlp(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1,
   Mlp m{x.to(acc).contiguous(), W1.to(acc).contiguous(), b1.to(acc).contiguous(),
         W2.to(acc).contiguous(), v.to(acc).contiguous(), {}, {}};
   const at::Tensor h = at::addmm(m.b1, m.x, m.W1.t()).contiguous();
-  m.d1 = at::empty_like(h);
-  m.d2 = at::empty_like(h);
+  m.d1 = empty_output(h);
+  m.d2 = empty_output(h);
   activation_derivatives(h, m.d1, m.d2, parse_activation(activation, op), op);
   return m;
 }

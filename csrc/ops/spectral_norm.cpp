@@ -230,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor> normalize_weight(const at::Tensor& W, const a
   check_triplet(W, u, v, kNormOp);
   check_coeff(coeff, kNormOp);
   const at::Tensor Wc = W.contiguous(), uc = u.contiguous(), vc = v.contiguous();
-  at::Tensor out = at::empty_like(Wc);
+  at::Tensor out = empty_output(Wc);
   at::Tensor sigma = at::empty({}, W.options().dtype(acc_dtype(W.scalar_type())));
   sn::NormalizeArgs a{};
   a.dtype = kx_dtype(W, kNormOp, "W");
@@ -273,7 +273,7 @@ at::Tensor normalize_weight_backward(const at::Tensor& grad_out, const at::Tenso
   const at::Tensor Wc = W.contiguous(), uc = u.contiguous(), vc = v.contiguous();
   const at::Tensor g = grad_out.contiguous();
   const at::Tensor gs = grad_sigma.to(acc).contiguous();
-  at::Tensor grad_W = at::empty_like(Wc);
+  at::Tensor grad_W = empty_output(Wc);
   sn::NormalizeGradArgs a{};
   a.dtype = kx_dtype(W, op, "W");
   a.rows = Wc.size(0);
@@ -327,7 +327,7 @@ class SpectralNormalizeFunction : public torch::autograd::Function<SpectralNorma
     if (!ctx->needs_input_grad(0)) return none;
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &W = saved[0], &u = saved[1], &v = saved[2];
-    const at::Tensor g = grads[0].defined() ? grads[0] : at::zeros_like(W);
+    const at::Tensor g = grads[0].defined() ? grads[0] : zeros_output(W);
     const at::Tensor gs = grads[1].defined()
                               ? grads[1]
                               : at::zeros({}, W.options().dtype(acc_dtype(W.scalar_type())));

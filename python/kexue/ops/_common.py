@@ -11,4 +11,4 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def empty_grad(like: torch.Tensor, wanted: bool) -> torch.Tensor:
     """What a backward kernel returns for a gradient: full when wanted, else an empty [0]."""
-    return torch.empty_like(like) if wanted else like.new_empty(0)
+    return like.new_empty(like.shape) if wanted else like.new_empty(0)

@@ -29,7 +29,7 @@ def actnorm(x: Tensor, bias: Tensor, log_scale: Tensor, *, reverse: bool = False
 @torch.library.register_fake("kexue::actnorm")
 def _actnorm_fake(x, bias, log_scale, reverse):
     torch._check(x.dim() >= 2, lambda: "kexue.actnorm: x must be [batch, channels, ...]")
-    return torch.empty_like(x), x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
+    return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
 
 
 @torch.library.register_fake("kexue::actnorm_backward")

@@ -130,18 +130,18 @@ def _apply_rope_impl(x, positions, rope, seq_len):
 def _rope_attention_fake(q, k, v, inv_freq, rope_scale, interleaved, positions, causal, segment_ids, mask_rule,
                          key_lengths, attn_mask, scale):
     torch._check(q.dim() == 4 and k.dim() == 4, lambda: "kexue.rope_attention: q and k must be 4-D")
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
 
 
 @torch.library.register_fake("kexue::rope_attention_backward")
 def _rope_attention_backward_fake(grad_out, q, k, v, out, lse, inv_freq, rope_scale, interleaved, positions, causal,
                                   segment_ids, mask_rule, key_lengths, attn_mask, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @torch.library.register_fake("kexue::apply_rope")
 def _apply_rope_fake(x, positions, inv_freq, rope_scale, interleaved, inverse):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def _dynamic_routing_fake(u_hat, iterations, squash, detach_routing):
 
 @torch.library.register_fake("kexue::dynamic_routing_backward")
 def _dynamic_routing_backward_fake(grad_v, u_hat, iterations, squash, detach_routing):
-    return torch.empty_like(u_hat, memory_format=torch.contiguous_format)
+    return u_hat.new_empty(u_hat.shape)
 
 
 def reference_squash(s: Tensor, squash: str = "sabour") -> Tensor:

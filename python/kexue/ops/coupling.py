@@ -65,7 +65,7 @@ def coupling(
 @torch.library.register_fake("kexue::coupling")
 def _coupling_fake(x, s, t, mask, scale, reverse, clamp):
     torch._check(x.dim() >= 1, lambda: "kexue.coupling: x must have a batch dimension")
-    return torch.empty_like(x), x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
+    return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
 
 
 @torch.library.register_fake("kexue::coupling_backward")

@@ -104,11 +104,11 @@ def ode_heun_step(x_t: Tensor, eps: Tensor, eps_next: Tensor, alpha_bar_t: Union
 @torch.library.register_fake("kexue::q_sample")
 def _q_sample_fake(x0, noise, alpha_bar):
     torch._check(x0.shape == noise.shape, lambda: "kexue.q_sample: noise must have the shape of x0")
-    return torch.empty_like(x0)
+    return x0.new_empty(x0.shape)
 
 
 def _step_fake(x_t, return_x0):
-    return torch.empty_like(x_t), (torch.empty_like(x_t) if return_x0 else x_t.new_empty(0))
+    return x_t.new_empty(x_t.shape), (x_t.new_empty(x_t.shape) if return_x0 else x_t.new_empty(0))
 
 
 @torch.library.register_fake("kexue::ddpm_step")
@@ -126,7 +126,7 @@ def _ddim_fake(x_t, eps, alpha_bar_t, alpha_bar_prev, eta, noise, generator, cli
 @torch.library.register_fake("kexue::ode_step")
 def _ode_fake(x_t, eps, alpha_bar_t, alpha_bar_next, eps_next):
     torch._check(x_t.shape == eps.shape, lambda: "kexue.ode_step: eps must have the shape of x_t")
-    return torch.empty_like(x_t)
+    return x_t.new_empty(x_t.shape)
 
 
 # ---------------------------------------------------------------------------------------------

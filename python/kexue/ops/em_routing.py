@@ -94,9 +94,8 @@ def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps)
 @torch.library.register_fake("kexue::em_routing_backward")
 def _em_routing_backward_fake(grad_mu, grad_a, votes, a_in, beta_u, beta_a, iterations,
                               final_lambda, eps):
-    cf = torch.contiguous_format
-    return (torch.empty_like(votes, memory_format=cf), torch.empty_like(a_in, memory_format=cf),
-            torch.empty_like(beta_u, memory_format=cf), torch.empty_like(beta_a, memory_format=cf))
+    return (votes.new_empty(votes.shape), a_in.new_empty(a_in.shape),
+            beta_u.new_empty(beta_u.shape), beta_a.new_empty(beta_a.shape))
 
 
 def reference_em_routing(

@@ -49,7 +49,7 @@ def _series_fake(J, n_terms):
 
 @torch.library.register_fake("kexue::logdet_power_series_backward")
 def _series_backward_fake(grad, J, n_terms):
-    return torch.empty_like(J)
+    return J.new_empty(J.shape)
 
 
 @torch.library.register_fake("kexue::iresnet_mlp_logdet")
