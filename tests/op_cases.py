@@ -2,8 +2,8 @@
 device and dtype: the shared input of the layout and fake-kernel contract tests."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence
 
 import torch
 
@@ -19,6 +19,21 @@ class Case:
     build: Callable[[int, str, torch.dtype], List]  # (batch, device, dtype) -> args
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16)
     mutated: Sequence[int] = ()  # argument positions written in place
+    # inputs the glue rejects: label -> args (of build(2, "cpu", float32)) -> bad args
+    bad: Dict[str, Callable[[List], List]] = field(default_factory=dict)
+
+
+def _set(args, i, value):
+    out = list(args)
+    out[i] = value
+    return out
+
+
+def _set_many(args, **positions):
+    out = list(args)
+    for key, value in positions.items():
+        out[int(key[1:])] = value
+    return out
 
 
 def _g(seed=0):
@@ -179,32 +194,160 @@ def apply_rope(B, dev, dt):
 
 FLOATS = (torch.float32, torch.float64)
 CASES = [
-    Case("coupling", ops.coupling.default, coupling),
-    Case("coupling_backward", ops.coupling_backward.default, coupling_backward),
-    Case("actnorm", ops.actnorm.default, actnorm),
-    Case("actnorm_backward", ops.actnorm_backward.default, actnorm_backward),
+    Case("coupling", ops.coupling.default, coupling, bad={
+        "unknown scale": lambda a: _set(a, 4, "cube"),
+        "0-d x": lambda a: _set_many(a, a0=a[0].sum(), a1=a[1].sum(), a2=a[2].sum(), a3=None),
+        "integer x": lambda a: _set_many(a, a0=a[0].long(), a1=a[1].long(), a2=a[2].long()),
+        "tanh clamp 0": lambda a: _set_many(a, a4="tanh", a6=0.0),
+        "additive with s": lambda a: _set(a, 4, "none"),
+        "exp without s": lambda a: _set(a, 1, None),
+        "s of another dtype": lambda a: _set(a, 1, a[1].double()),
+        "t of another shape": lambda a: _set(a, 2, a[2][:, :3]),
+        "mask with more dims": lambda a: _set(a, 3, a[3][None]),
+        "mask that does not broadcast": lambda a: _set(a, 3, a[3][..., :2]),
+    }),
+    Case("coupling_backward", ops.coupling_backward.default, coupling_backward, bad={
+        "grad_out of another shape": lambda a: _set(a, 0, a[0][:, :3]),
+        "grad_out of another dtype": lambda a: _set(a, 0, a[0].double()),
+        "grad_logdet of another length": lambda a: _set(a, 1, a[1][:1]),
+        "s of another shape": lambda a: _set(a, 3, a[3][:1]),
+    }),
+    Case("actnorm", ops.actnorm.default, actnorm, bad={
+        "1-d x": lambda a: _set(a, 0, a[0][:, 0, 0, 0]),
+        "integer x": lambda a: _set(a, 0, a[0].long()),
+        "bias of another length": lambda a: _set(a, 1, a[1][:3]),
+        "integer log_scale": lambda a: _set(a, 2, a[2].long()),
+    }),
+    Case("actnorm_backward", ops.actnorm_backward.default, actnorm_backward, bad={
+        "grad_out of another shape": lambda a: _set(a, 0, a[0][:1]),
+        "grad_logdet 2-d": lambda a: _set(a, 1, a[1][None]),
+        "log_scale of another length": lambda a: _set(a, 4, a[4][:1]),
+    }),
     Case("spectral_norm_power_iteration", ops.spectral_norm_power_iteration.default, power_iteration,
-         mutated=(1, 2)),
+         mutated=(1, 2), bad={
+             "3-d W": lambda a: _set(a, 0, a[0][None]),
+             "u of another length": lambda a: _set(a, 1, a[1][:2]),
+             "v of another dtype": lambda a: _set(a, 2, a[2].double()),
+             "n_iter 0": lambda a: _set(a, 3, 0),
+             "negative eps": lambda a: _set(a, 4, -1.0),
+         }),
     Case("spectral_norm_power_iteration_grouped", ops.spectral_norm_power_iteration_grouped.default,
-         power_iteration_grouped, mutated=(1, 2)),
-    Case("spectral_normalize_weight", ops.spectral_normalize_weight.default, normalize_weight),
+         power_iteration_grouped, mutated=(1, 2), bad={
+             "lists of different lengths": lambda a: _set(a, 1, a[1][:1]),
+             "second W of another dtype": lambda a: _set_many(a, a0=[a[0][0], a[0][1].double()],
+                                                              a1=[a[1][0], a[1][1].double()],
+                                                              a2=[a[2][0], a[2][1].double()]),
+             "second v of another length": lambda a: _set(a, 2, [a[2][0], a[2][1][:2]]),
+         }),
+    Case("spectral_normalize_weight", ops.spectral_normalize_weight.default, normalize_weight, bad={
+        "coeff 0": lambda a: _set(a, 3, 0.0),
+        "u of another length": lambda a: _set(a, 1, a[1][:1]),
+        "integer W": lambda a: _set(a, 0, a[0].detach().long()),
+    }),
     Case("spectral_normalize_weight_backward", ops.spectral_normalize_weight_backward.default,
-         normalize_weight_backward),
-    Case("logdet_power_series", ops.logdet_power_series.default, logdet_series, FLOATS),
-    Case("logdet_power_series_backward", ops.logdet_power_series_backward.default, logdet_series_backward, FLOATS),
-    Case("iresnet_mlp_logdet", ops.iresnet_mlp_logdet.default, mlp_logdet, FLOATS),
-    Case("iresnet_mlp_logdet_backward", ops.iresnet_mlp_logdet_backward.default, mlp_logdet_backward, FLOATS),
-    Case("dynamic_routing", ops.dynamic_routing.default, dynamic_routing),
-    Case("dynamic_routing_backward", ops.dynamic_routing_backward.default, dynamic_routing_backward),
-    Case("em_routing", ops.em_routing.default, em_routing, FLOATS),
-    Case("em_routing_backward", ops.em_routing_backward.default, em_routing_backward, FLOATS),
-    Case("q_sample", ops.q_sample.default, q_sample),
-    Case("ddpm_step", ops.ddpm_step.default, ddpm_step),
-    Case("ddim_step", ops.ddim_step.default, ddim_step),
-    Case("ode_step", ops.ode_step.default, ode_step),
-    Case("rope_attention", ops.rope_attention.default, rope_attention),
-    Case("rope_attention_backward", ops.rope_attention_backward.default, rope_attention_backward),
-    Case("apply_rope", ops.apply_rope.default, apply_rope),
+         normalize_weight_backward, bad={
+             "grad_out of another shape": lambda a: _set(a, 0, a[0][:1]),
+             "grad_sigma of two values": lambda a: _set(a, 1, a[1].repeat(2)),
+             "infinite coeff": lambda a: _set(a, 5, float("inf")),
+         }),
+    Case("logdet_power_series", ops.logdet_power_series.default, logdet_series, FLOATS, bad={
+        "non-square J": lambda a: _set(a, 0, a[0][:, :2]),
+        "no terms": lambda a: _set(a, 1, 0),
+        "integer J": lambda a: _set(a, 0, a[0].detach().long()),
+    }),
+    Case("logdet_power_series_backward", ops.logdet_power_series_backward.default, logdet_series_backward, FLOATS,
+         bad={"grad of another length": lambda a: _set(a, 0, a[0][:1])}),
+    Case("iresnet_mlp_logdet", ops.iresnet_mlp_logdet.default, mlp_logdet, FLOATS, bad={
+        "3-d x": lambda a: _set(a, 0, a[0][None]),
+        "W1 of another width": lambda a: _set(a, 1, a[1][:, :2]),
+        "b1 of another length": lambda a: _set(a, 2, a[2][:3]),
+        "W2 transposed": lambda a: _set(a, 3, a[3].t()),
+        "b2 of another length": lambda a: _set(a, 4, a[4][:1]),
+        "v of another shape": lambda a: _set(a, 5, a[5][:1]),
+        "integer v": lambda a: _set(a, 5, a[5].long()),
+        "unknown activation": lambda a: _set(a, 7, "relu"),
+    }),
+    Case("iresnet_mlp_logdet_backward", ops.iresnet_mlp_logdet_backward.default, mlp_logdet_backward, FLOATS, bad={
+        "grad of another length": lambda a: _set(a, 0, a[0][:1]),
+        "no terms": lambda a: _set(a, 6, 0),
+    }),
+    Case("dynamic_routing", ops.dynamic_routing.default, dynamic_routing, bad={
+        "3-d u_hat": lambda a: _set(a, 0, a[0][0]),
+        "no iterations": lambda a: _set(a, 1, 0),
+        "unknown squash": lambda a: _set(a, 2, "pre"),
+        "integer u_hat": lambda a: _set(a, 0, a[0].detach().long()),
+    }),
+    Case("dynamic_routing_backward", ops.dynamic_routing_backward.default, dynamic_routing_backward, bad={
+        "grad_v of another shape": lambda a: _set(a, 0, a[0][:, :2]),
+        "grad_v of another dtype": lambda a: _set(a, 0, a[0].double()),
+    }),
+    Case("em_routing", ops.em_routing.default, em_routing, FLOATS, bad={
+        "half votes": lambda a: _set(a, 0, a[0].detach().half()),
+        "3-d votes": lambda a: _set(a, 0, a[0][0]),
+        "eps 0": lambda a: _set(a, 6, 0.0),
+        "no iterations": lambda a: _set(a, 4, 0),
+        "a_in of another shape": lambda a: _set(a, 1, a[1][:, :2]),
+        "beta_u of another length": lambda a: _set(a, 2, a[2][:2]),
+        "beta_a of another dtype": lambda a: _set(a, 3, a[3].double()),
+    }),
+    Case("em_routing_backward", ops.em_routing_backward.default, em_routing_backward, FLOATS, bad={
+        "grad_mu of another shape": lambda a: _set(a, 0, a[0][:, :2]),
+        "grad_a of another shape": lambda a: _set(a, 1, a[1][:1]),
+    }),
+    Case("q_sample", ops.q_sample.default, q_sample, bad={
+        "0-d x0": lambda a: _set_many(a, a0=a[0].sum(), a1=a[1].sum()),
+        "noise of another shape": lambda a: _set(a, 1, a[1][:1]),
+        "integer alpha_bar": lambda a: _set(a, 2, (a[2] * 10).long()),
+        "alpha_bar of another length": lambda a: _set(a, 2, torch.cat([a[2], a[2]])),
+    }),
+    Case("ddpm_step", ops.ddpm_step.default, ddpm_step, bad={
+        "eps of another dtype": lambda a: _set(a, 1, a[1].double()),
+        "clip 0": lambda a: _set(a, 7, 0.0),
+        "unknown variance": lambda a: _set(a, 6, "sigma"),
+        "float t": lambda a: _set(a, 2, torch.tensor(7.0)),
+        "2-d schedule": lambda a: _set(a, 3, a[3][None]),
+        "t of another length": lambda a: _set(a, 2, torch.tensor([1, 2, 3])),
+        "noise of another shape": lambda a: _set(a, 4, a[4][:1]),
+    }),
+    Case("ddim_step", ops.ddim_step.default, ddim_step, bad={
+        "negative eta": lambda a: _set(a, 4, -0.5),
+        "eta 0 with noise": lambda a: _set(a, 4, 0.0),
+        "alpha_bar_t of another length": lambda a: _set(a, 2, torch.cat([a[2], a[2]])),
+    }),
+    Case("ode_step", ops.ode_step.default, ode_step, bad={
+        "eps_next of another shape": lambda a: _set(a, 4, a[4][:1]),
+        "integer alpha_bar_next": lambda a: _set(a, 3, (a[3] * 10).long()),
+    }),
+    Case("rope_attention", ops.rope_attention.default, rope_attention, bad={
+        "3-d q": lambda a: _set(a, 0, a[0][0]),
+        "k of another dtype": lambda a: _set(a, 1, a[1].double()),
+        "v of another shape": lambda a: _set(a, 2, a[2][:, :, :3]),
+        "k of another head dim": lambda a: _set_many(a, a1=a[1][..., :2], a2=a[2][..., :2]),
+        "3 query heads on 2 kv heads": lambda a: _set_many(a, a0=torch.cat([a[0], a[0][:, :1]], 1),
+                                                           a1=torch.cat([a[1], a[1]], 1), a2=torch.cat([a[2], a[2]], 1)),
+        "longer q with RoPE": lambda a: _set(a, 0, torch.cat([a[0], a[0]], 2)),
+        "scale 0": lambda a: _set(a, 12, 0.0),
+        "odd head dim with RoPE": lambda a: _set_many(a, a0=a[0][..., :3], a1=a[1][..., :3], a2=a[2][..., :3]),
+        "inv_freq of another length": lambda a: _set(a, 3, a[3][:1]),
+        "positions of another length": lambda a: _set(a, 6, a[6][:, :3]),
+        "segment_ids of another length": lambda a: _set(a, 8, a[8][:, :3]),
+        "unknown mask rule": lambda a: _set(a, 9, "prefix"),
+        "key_lengths of another length": lambda a: _set(a, 10, a[10][:1]),
+        "float key_lengths": lambda a: _set(a, 10, a[10].float()),
+        "integer attn_mask": lambda a: _set(a, 11, torch.ones(7, 7, dtype=torch.long)),
+        "attn_mask of another shape": lambda a: _set(a, 11, torch.ones(7, 6, dtype=torch.bool)),
+    }),
+    Case("rope_attention_backward", ops.rope_attention_backward.default, rope_attention_backward, bad={
+        "grad_out of another shape": lambda a: _set(a, 0, a[0][:, :1]),
+        "out of another dtype": lambda a: _set(a, 4, a[4].double()),
+        "lse of another dtype": lambda a: _set(a, 5, a[5].double()),
+    }),
+    Case("apply_rope", ops.apply_rope.default, apply_rope, bad={
+        "1-d x": lambda a: _set(a, 0, a[0][0, 0, 0]),
+        "integer x": lambda a: _set(a, 0, a[0].detach().long()),
+        "inv_freq of another length": lambda a: _set(a, 2, a[2][:1]),
+        "positions of another length": lambda a: _set(a, 1, a[1][:, :2]),
+    }),
 ]
 
 

@@ -11,6 +11,7 @@ from typing import Tuple
 
 import torch
 
+from kexue.ops import _checks as C
 from kexue.ops._common import acc_dtype, empty_grad
 
 Tensor = torch.Tensor
@@ -26,14 +27,29 @@ def actnorm(x: Tensor, bias: Tensor, log_scale: Tensor, *, reverse: bool = False
     return torch.ops.kexue.actnorm(x, bias, log_scale, bool(reverse))
 
 
+def _check_inputs(x, bias, log_scale, op):
+    """csrc/ops/actnorm.cpp's check_inputs()."""
+    C.device_supported(x, op)
+    C.float_dtype(x, op, "x")
+    C.check(x.dim() >= 2, op, "x must be [batch, channels, ...], got shape ", C.sizes(x))
+    for p, name in ((bias, "bias"), (log_scale, "log_scale")):
+        C.like(x, "x", p, op, name, same_dtype=False)
+        C.float_dtype(p, op, name)
+        C.check(p.dim() == 1 and p.shape[0] == x.shape[1], op, name, " must have shape [", x.shape[1],
+                "] (the channels of x), got ", C.sizes(p))
+
+
 @torch.library.register_fake("kexue::actnorm")
 def _actnorm_fake(x, bias, log_scale, reverse):
-    torch._check(x.dim() >= 2, lambda: "kexue.actnorm: x must be [batch, channels, ...]")
+    _check_inputs(x, bias, log_scale, "kexue.actnorm")
     return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
 
 
 @torch.library.register_fake("kexue::actnorm_backward")
 def _actnorm_backward_fake(grad_out, grad_logdet, x, bias, log_scale, reverse, output_mask):
+    op = "kexue.actnorm_backward"
+    _check_inputs(x, bias, log_scale, op)
+    C.output_and_logdet_grads(x, grad_out, grad_logdet, op)
     acc = acc_dtype(x.dtype)
     param = bias.new_empty(bias.shape, dtype=acc)
     return (

@@ -36,6 +36,8 @@ from typing import Optional
 
 import torch
 
+from kexue import _C
+from kexue.ops import _checks as C
 from kexue.ops._common import acc_dtype
 
 Tensor = torch.Tensor
@@ -126,21 +128,97 @@ def _apply_rope_impl(x, positions, rope, seq_len):
     return torch.ops.kexue.apply_rope(x, positions, inv_freq, rope_scale, interleaved, False)
 
 
+# ---- fake kernels: csrc/ops/attention.cpp's checks, in its order ----------------------------------
+
+
+def _check_rope_kernel_args(inv_freq, positions, x, B, L, d, op):
+    if inv_freq is None:
+        return
+    C.check(d % 2 == 0, op, "RoPE needs an even head dimension, got ", d)
+    C.check(inv_freq.dim() == 1 and inv_freq.shape[0] == d // 2, op, "inv_freq must have shape [", d // 2,
+            "] (half the head dimension), got ", C.sizes(inv_freq))
+    C.check(inv_freq.device == x.device, op, "inv_freq must be on ", x.device)
+    if positions is None:
+        return
+    p = positions
+    C.check(p.device == x.device, op, "positions must be on ", x.device, ", got ", p.device)
+    C.check((p.dim() == 1 and p.shape[0] == L) or (p.dim() == 2 and (p.shape[0] == B or p.shape[0] == 1)
+                                                   and p.shape[1] == L),
+            op, "positions must be [", L, "] or [", B, ", ", L, "], got ", C.sizes(p))
+
+
+def _check_kernel_args(q, k, v, inv_freq, positions, segment_ids, mask_rule, key_lengths, attn_mask, scale, op):
+    C.device_supported(q, op)
+    C.float_dtype(q, op, "q")
+    C.check(q.dim() == 4, op, "q must be [batch, heads, len, head_dim], got shape ", C.sizes(q))
+    C.like(q, "q", k, op, "k")
+    C.like(q, "q", v, op, "v")
+    C.check(k.dim() == 4 and k.shape == v.shape, op, "k and v must both be [batch, kv_heads, len, head_dim], got ",
+            C.sizes(k), " and ", C.sizes(v))
+    B, H, Lq, d = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    C.check(k.shape[0] == B and k.shape[3] == d, op, "k must be [", B, ", kv_heads, len, ", d, "], got ", C.sizes(k))
+    C.check(Hkv >= 1 and H % Hkv == 0, op, "the query heads (", H, ") must be a multiple of the kv heads (", Hkv, ")")
+    C.check(Lq <= Lk or (inv_freq is None and segment_ids is None), op,
+            "with RoPE or segment ids, q may not be longer than k, got ", Lq, " > ", Lk)
+    C.check(scale > 0, op, "scale must be positive, got ", C.num(scale))
+    _check_rope_kernel_args(inv_freq, positions, q, B, Lk, d, op)
+    if segment_ids is not None:
+        C.check(segment_ids.device == q.device, op, "segment_ids must be on ", q.device)
+        C.check(segment_ids.dim() == 2 and segment_ids.shape[0] == B and segment_ids.shape[1] == Lk, op,
+                "segment_ids must be [", B, ", ", Lk, "], got ", C.sizes(segment_ids))
+        C.check(mask_rule in MASK_RULES, op, 'mask_rule must be "unilm" or "uniae", got "', mask_rule, '"')
+    if key_lengths is not None:
+        C.check(key_lengths.device == q.device, op, "key_lengths must be on ", q.device)
+        C.check(key_lengths.dim() == 1 and key_lengths.shape[0] == B, op, "key_lengths must be [", B, "], got ",
+                C.sizes(key_lengths))
+        C.check(not key_lengths.dtype.is_floating_point, op, "key_lengths must be integers, got ",
+                C.dtype_name(key_lengths.dtype))
+    if attn_mask is not None:
+        C.check(attn_mask.dtype == torch.bool, op, "attn_mask must be boolean (True = visible), got ",
+                C.dtype_name(attn_mask.dtype))
+        C.check(attn_mask.device == q.device, op, "attn_mask must be on ", q.device)
+        m = attn_mask.reshape(1, 1, *attn_mask.shape) if attn_mask.dim() == 2 else attn_mask
+        C.check(m.dim() == 4 and (m.shape[0] == 1 or m.shape[0] == B) and (m.shape[1] == 1 or m.shape[1] == H)
+                and m.shape[2] == Lq and m.shape[3] == Lk, op, "attn_mask must be [Lq, Lk] or [B or 1, H or 1, Lq, Lk] = [",
+                B, ", ", H, ", ", Lq, ", ", Lk, "], got ", C.sizes(attn_mask))
+
+
+def _on_cuda_kernels(t):
+    return t.device.type == "cuda" or (t.device.type == "cpu" and _C.cpu_backend() == "simt")
+
+
 @torch.library.register_fake("kexue::rope_attention")
 def _rope_attention_fake(q, k, v, inv_freq, rope_scale, interleaved, positions, causal, segment_ids, mask_rule,
                          key_lengths, attn_mask, scale):
-    torch._check(q.dim() == 4 and k.dim() == 4, lambda: "kexue.rope_attention: q and k must be 4-D")
+    op = "kexue.rope_attention"
+    _check_kernel_args(q, k, v, inv_freq, positions, segment_ids, mask_rule, key_lengths, attn_mask, scale, op)
+    if q.numel() > 0 and _on_cuda_kernels(q):
+        C.check(q.shape[3] <= 256, op, "the CUDA kernels take head dimensions up to 256, got ", q.shape[3])
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
 
 
 @torch.library.register_fake("kexue::rope_attention_backward")
 def _rope_attention_backward_fake(grad_out, q, k, v, out, lse, inv_freq, rope_scale, interleaved, positions, causal,
                                   segment_ids, mask_rule, key_lengths, attn_mask, scale):
+    op = "kexue.rope_attention_backward"
+    _check_kernel_args(q, k, v, inv_freq, positions, segment_ids, mask_rule, key_lengths, attn_mask, scale, op)
+    C.like(q, "q", grad_out, op, "grad_out")
+    C.like(q, "q", out, op, "out")
+    C.check(grad_out.shape == q.shape and out.shape == q.shape, op, "grad_out and out must have the shape of q ",
+            C.sizes(q))
+    C.check(lse.dim() == 3 and lse.shape == q.shape[:3] and lse.dtype == acc_dtype(q.dtype), op,
+            "lse must be the forward's [B, H, Lq] log-sum-exp")
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @torch.library.register_fake("kexue::apply_rope")
 def _apply_rope_fake(x, positions, inv_freq, rope_scale, interleaved, inverse):
+    op = "kexue.apply_rope"
+    C.device_supported(x, op)
+    C.float_dtype(x, op, "x")
+    C.check(x.dim() >= 2, op, "x must be [..., len, head_dim], got ", C.sizes(x))
+    _check_rope_kernel_args(inv_freq, positions, x, x.shape[0] if x.dim() >= 3 else 1, x.shape[-2], x.shape[-1], op)
     return x.new_empty(x.shape)
 
 

@@ -17,6 +17,8 @@ from typing import Tuple, Union
 
 import torch
 
+from kexue.ops import _checks as C
+
 SQUASHES = {"sabour": 1.0, "post": 0.5}
 SQUASH_EPS = 1e-12
 Tensor = torch.Tensor
@@ -58,15 +60,31 @@ def dynamic_routing(
     return (v, c) if return_couplings else v
 
 
+def _check_u_hat(u_hat, iterations, squash, op):
+    """csrc/ops/capsules.cpp's parse_squash() and check_u_hat()."""
+    C.check(squash in ("sabour", "post"), op, "squash must be one of 'sabour', 'post', got '", squash, "'")
+    C.device_supported(u_hat, op)
+    C.float_dtype(u_hat, op, "u_hat")
+    C.check(u_hat.dim() == 4, op, "u_hat must have shape [B, N_in, N_out, D], got ", u_hat.dim(),
+            "-d tensor of shape ", C.sizes(u_hat))
+    C.check(iterations >= 1, op, "iterations must be >= 1, got ", iterations)
+
+
 @torch.library.register_fake("kexue::dynamic_routing")
 def _dynamic_routing_fake(u_hat, iterations, squash, detach_routing):
-    torch._check(u_hat.dim() == 4, lambda: "kexue.dynamic_routing: u_hat must be 4-d")
+    _check_u_hat(u_hat, iterations, squash, "kexue.dynamic_routing")
     B, n_in, n_out, D = u_hat.shape
     return u_hat.new_empty((B, n_out, D)), u_hat.new_empty((B, n_in, n_out))
 
 
 @torch.library.register_fake("kexue::dynamic_routing_backward")
 def _dynamic_routing_backward_fake(grad_v, u_hat, iterations, squash, detach_routing):
+    op = "kexue.dynamic_routing_backward"
+    _check_u_hat(u_hat, iterations, squash, op)
+    C.like(u_hat, "u_hat", grad_v, op, "grad_v")
+    B, _, n_out, D = u_hat.shape
+    C.check(grad_v.dim() == 3 and grad_v.shape[0] == B and grad_v.shape[1] == n_out and grad_v.shape[2] == D, op,
+            "grad_v must have shape [", B, ", ", n_out, ", ", D, "], got ", C.sizes(grad_v))
     return u_hat.new_empty(u_hat.shape)
 
 

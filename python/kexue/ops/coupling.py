@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from kexue.ops import _checks as C
 from kexue.ops._common import acc_dtype, empty_grad
 
 SCALES = ("exp", "sigmoid", "tanh", "none")
@@ -62,14 +63,40 @@ def coupling(
     return torch.ops.kexue.coupling(x, s, t, mask, scale, bool(reverse), clamp_value)
 
 
+def _check_operands(x, s, t, mask, scale, clamp):
+    """csrc/ops/coupling.cpp's prepare(): every check of the forward and backward glue."""
+    op = "kexue.coupling"
+    C.check(scale in SCALES, op, "scale must be one of 'exp', 'sigmoid', 'tanh', 'none', got '", scale, "'")
+    C.device_supported(x, op)
+    C.float_dtype(x, op, "x")
+    C.check(x.dim() >= 1, op, "x must have a batch dimension, got a 0-d tensor")
+    if scale == "tanh":
+        C.check(clamp > 0, op, "clamp must be positive for scale='tanh', got ", C.num(clamp))
+    if scale == "none":
+        C.check(s is None, op, "scale='none' (additive coupling) takes no s; pass s=None")
+    else:
+        C.check(s is not None, op, "scale='", scale, "' needs s; only scale='none' runs without it")
+    for v, name in ((s, "s"), (t, "t")):
+        if v is not None:
+            C.like(x, "x", v, op, name)
+            C.same_shape(x, "x", v, op, name)
+    if mask is not None:
+        C.check(mask.device == x.device, op, "mask must be on ", x.device, " like x, got ", mask.device)
+        C.check(mask.dim() <= x.dim(), op, "mask ", C.sizes(mask), " has more dimensions than x ", C.sizes(x))
+        for md, xd in zip(reversed(mask.shape), reversed(x.shape)):
+            C.check(md == 1 or md == xd, op, "mask ", C.sizes(mask), " does not broadcast to x ", C.sizes(x))
+
+
 @torch.library.register_fake("kexue::coupling")
 def _coupling_fake(x, s, t, mask, scale, reverse, clamp):
-    torch._check(x.dim() >= 1, lambda: "kexue.coupling: x must have a batch dimension")
+    _check_operands(x, s, t, mask, scale, clamp)
     return x.new_empty(x.shape), x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
 
 
 @torch.library.register_fake("kexue::coupling_backward")
 def _coupling_backward_fake(grad_out, grad_logdet, x, s, t, mask, scale, reverse, clamp, output_mask):
+    _check_operands(x, s, t, mask, scale, clamp)
+    C.output_and_logdet_grads(x, grad_out, grad_logdet, "kexue.coupling_backward")
     return (
         empty_grad(x, output_mask[0]),
         empty_grad(x, output_mask[1] and s is not None),

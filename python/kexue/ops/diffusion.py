@@ -22,6 +22,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from kexue.ops import _checks as C
 from kexue.ops._common import acc_dtype
 
 Tensor = torch.Tensor
@@ -101,9 +102,62 @@ def ode_heun_step(x_t: Tensor, eps: Tensor, eps_next: Tensor, alpha_bar_t: Union
                                     _per_sample(alpha_bar_next, "alpha_bar_next"), eps_next)
 
 
+# ---- fake kernels: csrc/ops/diffusion.cpp's checks of shapes, dtypes and devices (its checks of
+# values, which read the data, stay in the glue) ------------------------------------------------
+
+
+def _check_pair(x, x_name, y, y_name, op):
+    C.device_supported(x, op)
+    C.float_dtype(x, op, x_name)
+    C.check(x.dim() >= 1, op, x_name, " must be [batch, ...], got a 0-d tensor")
+    C.like(x, x_name, y, op, y_name)
+    C.same_shape(x, x_name, y, op, y_name)
+
+
+def _check_per_sample(t, x, op, name):
+    C.check(t.dtype.is_floating_point, op, name, " must be a floating tensor (or a Python float), got ",
+            C.dtype_name(t.dtype))
+    if t.device.type == "cpu" and t.numel() == 1:
+        return  # a host number, read by the glue
+    C.check(t.device == x.device, op, name, " must be a Python float, a CPU scalar or a tensor on ", x.device,
+            ", got a tensor on ", t.device)
+    C.check(t.numel() == 1 or (t.dim() == 1 and t.shape[0] == x.shape[0]), op, name,
+            " must have one value or one per sample (shape [", x.shape[0], "]), got shape ", C.sizes(t))
+
+
+def _check_clip(clip_x0, op):
+    C.check(clip_x0 is None or clip_x0 > 0, op, "clip_x0 must be positive, got ", C.num(clip_x0 or 0.0))
+
+
+def _check_noise(x, noise, generator, op):
+    if noise is None:
+        return
+    C.check(generator is None, op, "pass either noise or generator, not both")
+    C.like(x, "x_t", noise, op, "noise")
+    C.same_shape(x, "x_t", noise, op, "noise")
+
+
+def _check_ddpm_time(t, schedule, x, op):
+    C.check(not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool, op,
+            "t must hold integer step indices (int64), got ", C.dtype_name(t.dtype))
+    C.check(schedule.dtype.is_floating_point, op, "alphas_cumprod must be a floating tensor, got ",
+            C.dtype_name(schedule.dtype))
+    C.check(schedule.dim() == 1 and schedule.shape[0] >= 1, op, "alphas_cumprod must be 1-D [T] with T >= 1, got shape ",
+            C.sizes(schedule))
+    C.check(schedule.device == x.device, op, "alphas_cumprod must be on ", x.device, " like x_t, got ", schedule.device)
+    if t.device.type == "cpu" and t.numel() == 1:
+        return
+    C.check(t.device == x.device, op, "t must be an int, a CPU scalar or a tensor on ", x.device, ", got a tensor on ",
+            t.device)
+    C.check(t.numel() == 1 or (t.dim() == 1 and t.shape[0] == x.shape[0]), op,
+            "t must have one value or one per sample (shape [", x.shape[0], "]), got shape ", C.sizes(t))
+
+
 @torch.library.register_fake("kexue::q_sample")
 def _q_sample_fake(x0, noise, alpha_bar):
-    torch._check(x0.shape == noise.shape, lambda: "kexue.q_sample: noise must have the shape of x0")
+    op = "kexue.q_sample"
+    _check_pair(x0, "x0", noise, "noise", op)
+    _check_per_sample(alpha_bar, x0, op, "alpha_bar")
     return x0.new_empty(x0.shape)
 
 
@@ -113,19 +167,38 @@ def _step_fake(x_t, return_x0):
 
 @torch.library.register_fake("kexue::ddpm_step")
 def _ddpm_fake(x_t, eps, t, alphas_cumprod, noise, generator, variance, clip_x0, return_x0):
-    torch._check(x_t.shape == eps.shape, lambda: "kexue.ddpm_step: eps must have the shape of x_t")
+    op = "kexue.ddpm_step"
+    _check_pair(x_t, "x_t", eps, "eps", op)
+    _check_clip(clip_x0, op)
+    C.check(variance in ("beta", "beta_tilde"), op, 'variance must be "beta" or "beta_tilde", got "', variance, '"')
+    _check_ddpm_time(t, alphas_cumprod, x_t, op)
+    _check_noise(x_t, noise, generator, op)
     return _step_fake(x_t, return_x0)
 
 
 @torch.library.register_fake("kexue::ddim_step")
 def _ddim_fake(x_t, eps, alpha_bar_t, alpha_bar_prev, eta, noise, generator, clip_x0, return_x0):
-    torch._check(x_t.shape == eps.shape, lambda: "kexue.ddim_step: eps must have the shape of x_t")
+    op = "kexue.ddim_step"
+    _check_pair(x_t, "x_t", eps, "eps", op)
+    _check_clip(clip_x0, op)
+    C.check(eta >= 0.0, op, "eta must be >= 0, got ", C.num(eta))
+    _check_per_sample(alpha_bar_t, x_t, op, "alpha_bar_t")
+    _check_per_sample(alpha_bar_prev, x_t, op, "alpha_bar_prev")
+    if eta > 0.0:
+        _check_noise(x_t, noise, generator, op)
+    else:
+        C.check(noise is None and generator is None, op, "eta = 0 is deterministic; noise and generator must be None")
     return _step_fake(x_t, return_x0)
 
 
 @torch.library.register_fake("kexue::ode_step")
 def _ode_fake(x_t, eps, alpha_bar_t, alpha_bar_next, eps_next):
-    torch._check(x_t.shape == eps.shape, lambda: "kexue.ode_step: eps must have the shape of x_t")
+    op = "kexue.ode_step"
+    _check_pair(x_t, "x_t", eps, "eps", op)
+    _check_per_sample(alpha_bar_t, x_t, op, "alpha_bar_t")
+    _check_per_sample(alpha_bar_next, x_t, op, "alpha_bar_next")
+    if eps_next is not None:
+        _check_pair(x_t, "x_t", eps_next, "eps_next", op)
     return x_t.new_empty(x_t.shape)
 
 

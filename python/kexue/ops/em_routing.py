@@ -22,6 +22,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from kexue.ops import _checks as C
+
 Tensor = torch.Tensor
 DENOM_EPS = 1e-12
 _OP = "kexue.ops.em_routing"
@@ -84,9 +86,27 @@ def em_routing(
                                       float(eps))
 
 
+def _check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, op):
+    """csrc/ops/em_routing.cpp's check_inputs()."""
+    C.device_supported(votes, op)
+    C.check(votes.dtype in (torch.float32, torch.float64), op, "votes must be float32 or float64, got ",
+            C.dtype_name(votes.dtype))
+    C.check(votes.dim() == 4, op, "votes must have shape [B, N_in, N_out, H], got ", votes.dim(),
+            "-d tensor of shape ", C.sizes(votes))
+    C.check(iterations >= 1, op, "iterations must be >= 1, got ", iterations)
+    C.check(eps > 0, op, "eps must be > 0, got ", C.num(eps))
+    B, n_in, n_out, _ = votes.shape
+    for t, name in ((a_in, "a_in"), (beta_u, "beta_u"), (beta_a, "beta_a")):
+        C.like(votes, "votes", t, op, name)
+    C.check(a_in.dim() == 2 and a_in.shape[0] == B and a_in.shape[1] == n_in, op, "a_in must have shape [", B, ", ",
+            n_in, "], got ", C.sizes(a_in))
+    for t, name in ((beta_u, "beta_u"), (beta_a, "beta_a")):
+        C.check(t.dim() == 1 and t.shape[0] == n_out, op, name, " must have shape [", n_out, "], got ", C.sizes(t))
+
+
 @torch.library.register_fake("kexue::em_routing")
 def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps):
-    torch._check(votes.dim() == 4, lambda: "kexue.em_routing: votes must be 4-d")
+    _check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, "kexue.em_routing")
     B, n_in, n_out, H = votes.shape
     return votes.new_empty((B, n_out, H)), votes.new_empty((B, n_out))
 
@@ -94,6 +114,15 @@ def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps)
 @torch.library.register_fake("kexue::em_routing_backward")
 def _em_routing_backward_fake(grad_mu, grad_a, votes, a_in, beta_u, beta_a, iterations,
                               final_lambda, eps):
+    op = "kexue.em_routing_backward"
+    _check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, op)
+    C.like(votes, "votes", grad_mu, op, "grad_mu")
+    C.like(votes, "votes", grad_a, op, "grad_a")
+    B, _, n_out, H = votes.shape
+    C.check(grad_mu.dim() == 3 and grad_mu.shape[0] == B and grad_mu.shape[1] == n_out and grad_mu.shape[2] == H, op,
+            "grad_mu must have shape [", B, ", ", n_out, ", ", H, "], got ", C.sizes(grad_mu))
+    C.check(grad_a.dim() == 2 and grad_a.shape[0] == B and grad_a.shape[1] == n_out, op, "grad_a must have shape [",
+            B, ", ", n_out, "], got ", C.sizes(grad_a))
     return (votes.new_empty(votes.shape), a_in.new_empty(a_in.shape),
             beta_u.new_empty(beta_u.shape), beta_a.new_empty(beta_a.shape))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kexue.ops import _checks as C
 from kexue.ops._common import acc_dtype, empty_grad
 
 Tensor = torch.Tensor
@@ -42,23 +43,73 @@ def iresnet_mlp_logdet(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor
     return torch.ops.kexue.iresnet_mlp_logdet(x, W1, b1, W2, b2, v, n, activation)
 
 
+# ---- fake kernels: csrc/ops/iresnet.cpp's checks, in its order -------------------------------------
+
+
+def _check_n(n, op):
+    C.check(n >= 1, op, "n_terms must be >= 1, got ", n)
+
+
+def _check_jacobian(J, op):
+    C.device_supported(J, op)
+    C.float_dtype(J, op, "J")
+    C.check(J.dim() == 3 and J.shape[1] == J.shape[2], op, "J must be a batch of square matrices [B, D, D], got ",
+            C.sizes(J))
+
+
+def _check_mlp(x, W1, b1, W2, b2, v, activation, op):
+    C.device_supported(x, op)
+    C.float_dtype(x, op, "x")
+    C.check(x.dim() == 2, op, "x must be [B, D], got ", C.sizes(x))
+    D, H = x.shape[1], W1.shape[0]
+    C.check(W1.dim() == 2 and W1.shape[1] == D, op, "W1 must be [H, ", D, "], got ", C.sizes(W1))
+    C.check(b1.dim() == 1 and b1.shape[0] == H, op, "b1 must be [", H, "], got ", C.sizes(b1))
+    C.check(W2.dim() == 2 and W2.shape[0] == D and W2.shape[1] == H, op, "W2 must be [", D, ", ", H, "], got ",
+            C.sizes(W2))
+    if b2 is not None:
+        C.check(b2.dim() == 1 and b2.shape[0] == D, op, "b2 must be [", D, "], got ", C.sizes(b2))
+    C.same_shape(x, "x", v, op, "v")
+    for t, name in ((W1, "W1"), (b1, "b1"), (W2, "W2"), (b2, "b2"), (v, "v")):
+        if t is not None:
+            C.like(x, "x", t, op, name, same_dtype=False)
+            C.float_dtype(t, op, name)
+    C.check(activation in ACTIVATIONS, op, "activation must be one of 'elu', 'lipswish', 'tanh', 'softplus', got '",
+            activation, "'")
+
+
 @torch.library.register_fake("kexue::logdet_power_series")
 def _series_fake(J, n_terms):
+    op = "kexue.logdet_power_series"
+    _check_n(n_terms, op)
+    _check_jacobian(J, op)
     return J.new_empty((J.shape[0],), dtype=acc_dtype(J.dtype))
 
 
 @torch.library.register_fake("kexue::logdet_power_series_backward")
 def _series_backward_fake(grad, J, n_terms):
+    op = "kexue.logdet_power_series_backward"
+    _check_n(n_terms, op)
+    _check_jacobian(J, op)
+    C.check(grad.dim() == 1 and grad.shape[0] == J.shape[0], op, "grad must have shape [", J.shape[0], "], got ",
+            C.sizes(grad))
     return J.new_empty(J.shape)
 
 
 @torch.library.register_fake("kexue::iresnet_mlp_logdet")
 def _mlp_fake(x, W1, b1, W2, b2, v, n_terms, activation):
+    op = "kexue.iresnet_mlp_logdet"
+    _check_n(n_terms, op)
+    _check_mlp(x, W1, b1, W2, b2, v, activation, op)
     return x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
 
 
 @torch.library.register_fake("kexue::iresnet_mlp_logdet_backward")
 def _mlp_backward_fake(grad, x, W1, b1, W2, v, n_terms, activation, output_mask):
+    op = "kexue.iresnet_mlp_logdet_backward"
+    _check_n(n_terms, op)
+    _check_mlp(x, W1, b1, W2, None, v, activation, op)
+    C.check(grad.dim() == 1 and grad.shape[0] == x.shape[0], op, "grad must have shape [", x.shape[0], "], got ",
+            C.sizes(grad))
     return (empty_grad(x, output_mask[0]), empty_grad(W1, output_mask[1]), empty_grad(b1, output_mask[2]),
             empty_grad(W2, output_mask[3]))
 

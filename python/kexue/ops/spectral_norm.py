@@ -12,11 +12,13 @@ kernels live here; the autograd kernels are registered in C++ (csrc/ops/spectral
 """
 from __future__ import annotations
 
+import math
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from kexue.ops import _checks as C
 from kexue.ops._common import acc_dtype
 
 MODES = ("soft", "exact")
@@ -120,27 +122,72 @@ def spectral_normalize(W: Tensor, u: Tensor, v: Tensor, *, coeff: float = 1.0, n
     return torch.ops.kexue.spectral_normalize_weight(W, u, v, coeff, exact)
 
 
+# ---- fake kernels: csrc/ops/spectral_norm.cpp's checks (bar the memory-overlap ones, which need data) --
+
+_POWER, _GROUPED = "kexue.spectral_norm_power_iteration", "kexue.spectral_norm_power_iteration_grouped"
+_NORM, _NORM_BWD = "kexue.spectral_normalize_weight", "kexue.spectral_normalize_weight_backward"
+
+
+def _check_triplet(W, u, v, op, idx=None):
+    sfx = "" if idx is None else f"[{idx}]"
+    Wn, un, vn = ("W", "u", "v") if idx is None else ("Ws" + sfx, "us" + sfx, "vs" + sfx)
+    C.device_supported(W, op)
+    C.float_dtype(W, op, Wn)
+    C.check(W.dim() == 2, op, Wn, " must be a 2-D matrix [out, in], got shape ", C.sizes(W))
+    C.like(W, Wn, u, op, un)
+    C.like(W, Wn, v, op, vn)
+    C.check(u.dim() == 1 and u.shape[0] == W.shape[0], op, un, " must have shape [", W.shape[0], "] (the rows of ",
+            Wn, " ", C.sizes(W), "), got ", C.sizes(u))
+    C.check(v.dim() == 1 and v.shape[0] == W.shape[1], op, vn, " must have shape [", W.shape[1],
+            "] (the columns of ", Wn, " ", C.sizes(W), "), got ", C.sizes(v))
+
+
+def _check_iteration(n_iter, eps, op):
+    C.check(n_iter >= 1, op, "n_iter must be at least 1, got ", n_iter)
+    C.check(math.isfinite(eps) and eps >= 0, op, "eps must be finite and non-negative, got ", C.num(eps))
+
+
+def _check_coeff(coeff, op):
+    C.check(math.isfinite(coeff) and coeff > 0, op, "coeff must be a positive number, got ", C.num(coeff))
+
+
 @torch.library.register_fake("kexue::spectral_norm_power_iteration")
 def _power_iteration_fake(W, u, v, n_iter, eps):
-    torch._check(W.dim() == 2, lambda: "kexue.spectral_norm_power_iteration: W must be 2-D")
+    _check_triplet(W, u, v, _POWER)
+    _check_iteration(n_iter, eps, _POWER)
     return W.new_empty((), dtype=acc_dtype(W.dtype))
 
 
 @torch.library.register_fake("kexue::spectral_norm_power_iteration_grouped")
 def _power_iteration_grouped_fake(Ws, us, vs, n_iter, eps):
+    C.check(len(us) == len(Ws) and len(vs) == len(Ws), _GROUPED, "Ws, us and vs must have the same length, got ",
+            len(Ws), ", ", len(us), " and ", len(vs))
+    _check_iteration(n_iter, eps, _GROUPED)
     if len(Ws) == 0:
         return torch.empty(0)
+    for w, (W, u, v) in enumerate(zip(Ws, us, vs)):
+        _check_triplet(W, u, v, _GROUPED, w)
+        if w > 0:
+            C.like(Ws[0], "Ws[0]", W, _GROUPED, f"Ws[{w}]")
     return Ws[0].new_empty((len(Ws),), dtype=acc_dtype(Ws[0].dtype))
 
 
 @torch.library.register_fake("kexue::spectral_normalize_weight")
 def _normalize_weight_fake(W, u, v, coeff, exact):
-    torch._check(W.dim() == 2, lambda: "kexue.spectral_normalize_weight: W must be 2-D")
+    _check_triplet(W, u, v, _NORM)
+    _check_coeff(coeff, _NORM)
     return W.new_empty(W.shape), W.new_empty((), dtype=acc_dtype(W.dtype))
 
 
 @torch.library.register_fake("kexue::spectral_normalize_weight_backward")
 def _normalize_weight_backward_fake(grad_out, grad_sigma, W, u, v, coeff, exact):
+    _check_triplet(W, u, v, _NORM_BWD)
+    _check_coeff(coeff, _NORM_BWD)
+    C.like(W, "W", grad_out, _NORM_BWD, "grad_out")
+    C.same_shape(W, "W", grad_out, _NORM_BWD, "grad_out")
+    C.check(grad_sigma.numel() == 1 and grad_sigma.dim() <= 1, _NORM_BWD,
+            "grad_sigma must be a scalar (0-d) tensor, got shape ", C.sizes(grad_sigma))
+    C.like(W, "W", grad_sigma, _NORM_BWD, "grad_sigma", same_dtype=False)
     return W.new_empty(W.shape)
 
 
