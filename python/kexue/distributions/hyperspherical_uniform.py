@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 from torch.distributions import Distribution, constraints
+from kexue import _random
 
 Tensor = torch.Tensor
 
@@ -58,7 +59,7 @@ class HypersphericalUniform(Distribution):
 
     def sample(self, sample_shape=torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
-        x = torch.randn(shape, generator=generator, device=self._device, dtype=self._dtype)
+        x = _random.randn(shape, generator=generator, device=self._device, dtype=self._dtype)
         return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
     def log_prob(self, value: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 from torch.distributions import Distribution, constraints
+from kexue import _random
 
 Tensor = torch.Tensor
 LOG_2PI = math.log(2 * math.pi)
@@ -55,7 +56,7 @@ class DiagonalNormal(Distribution):
     def rsample(self, sample_shape=torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:
         """loc + σ ⊙ ε, ε ~ N(0, I): the reparameterisation trick, [*sample_shape, *batch, L]."""
         shape = self._extended_shape(torch.Size(sample_shape))
-        eps = torch.randn(shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+        eps = _random.randn(shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
         return self.loc + self.stddev * eps
 
     def sample(self, sample_shape=torch.Size(), generator: Optional[torch.Generator] = None) -> Tensor:

@@ -31,6 +31,7 @@ import torch
 from torch.distributions import Distribution, constraints
 from torch.distributions.kl import register_kl
 
+from kexue import _random
 from kexue.distributions.bessel import bessel_iv_ratio, log_bessel_iv_and_ratio
 from kexue.distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area, unit_sphere
 
@@ -44,6 +45,10 @@ Tensor = torch.Tensor
 # the unaccepted samples), so a draw of any size takes one or two.
 FIRST_ROUND_PROPOSALS = 4
 RETRY_PROPOSALS = 32
+# Under torch.compile there is no host to ask which samples were rejected: one batch of
+# COMPILED_PROPOSALS proposals per sample, whose first accepted one is taken. All of them are
+# rejected with probability ≤ 0.35⁶⁴ ≈ 6e-30 per sample, which is then left with its first proposal.
+COMPILED_PROPOSALS = 64
 
 
 def mean_resultant_length(dim: int, kappa: Tensor) -> Tensor:
@@ -104,7 +109,7 @@ def _propose(kappa: Tensor, b: Tensor, dim: int, n_proposals: int,
     g1 = torch._standard_gamma(half, generator=generator)
     g2 = torch._standard_gamma(half, generator=generator)
     z = g1 / (g1 + g2)  # Beta((d−1)/2, (d−1)/2); a 0/0 (both gammas underflowing) is NaN and rejected
-    u = torch.rand(shape, generator=generator, device=kappa.device, dtype=kappa.dtype)
+    u = _random.rand(shape, generator=generator, device=kappa.device, dtype=kappa.dtype)
     k, b = kappa[:, None], b[:, None]
     denom = 1 - (1 - b) * z
     w = (1 - (1 + b) * z) / denom
@@ -125,6 +130,10 @@ def sample_cosine(kappa: Tensor, dim: int, generator: Optional[torch.Generator] 
     """
     flat = kappa.reshape(-1)
     b = _wood_envelope(flat, dim)
+    if torch.compiler.is_compiling():
+        accepted, w_p, sin_p = _propose(flat, b, dim, COMPILED_PROPOSALS, generator)
+        first = accepted.to(torch.uint8).argmax(dim=1, keepdim=True)
+        return w_p.gather(1, first).view(kappa.shape), sin_p.gather(1, first).view(kappa.shape)
     w = torch.empty_like(flat)
     sin = torch.empty_like(flat)
     pending = None  # None: every sample (saves an index copy in the first batch)
@@ -262,7 +271,7 @@ class VonMisesFisher(Distribution):
         shape = self._extended_shape(torch.Size(sample_shape))
         kappa = self.concentration.detach().expand(shape[:-1])
         w, sin = sample_cosine(kappa, self.dim, generator)
-        v = torch.randn(*shape[:-1], self.dim - 1, generator=generator, device=w.device, dtype=w.dtype)
+        v = _random.randn(*shape[:-1], self.dim - 1, generator=generator, device=w.device, dtype=w.dtype)
         v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
         x_e1 = torch.cat([w[..., None], sin[..., None] * v], dim=-1)  # the sample in the frame where μ = e₁
         return _householder_from_e1(self.loc, x_e1)
@@ -279,5 +288,5 @@ def _kl_vmf_uniform(p: VonMisesFisher, q: HypersphericalUniform) -> Tensor:
     return p.kl_to_uniform()
 
 
-__all__ = ["FIRST_ROUND_PROPOSALS", "RETRY_PROPOSALS", "VonMisesFisher", "kl_vmf_uniform", "log_normalizer",
+__all__ = ["COMPILED_PROPOSALS", "FIRST_ROUND_PROPOSALS", "RETRY_PROPOSALS", "VonMisesFisher", "kl_vmf_uniform", "log_normalizer",
            "mean_resultant_length", "sample_cosine", "vmf_entropy"]

@@ -57,13 +57,11 @@ class InvertibleResidualMLP(FlowLayer):
         return torch.einsum("dh,bh,hk->bdk", W2, self.act_slope(x, W1, b1), W1)
 
     def act_slope(self, x: Tensor, W1: Tensor, b1: Tensor) -> Tensor:
-        """act'(W1 x + b1) [B, H], by autograd of the activation (differentiable when the
-        pre-activation is)."""
-        with torch.enable_grad():
-            h = torch.nn.functional.linear(x, W1, b1)
-            hg = h if h.requires_grad else h.detach().requires_grad_()
-            (d1,) = torch.autograd.grad(self.act(hg).sum(), hg, create_graph=h.requires_grad)
-        return d1
+        """act'(W1 x + b1) [B, H], the activation differentiated elementwise by torch.func
+        (differentiable when the pre-activation is, and traceable by torch.compile, which
+        torch.autograd.grad is not)."""
+        h = torch.nn.functional.linear(x, W1, b1)
+        return torch.vmap(torch.func.grad(self.act))(h.reshape(-1)).reshape(h.shape)
 
     def logdet(self, x: Tensor, weights=None) -> Tensor:
         weights = weights or self._weights()
@@ -95,6 +93,9 @@ class InvertibleResidualMLP(FlowLayer):
         return x, -self.logdet(x, weights)
 
 
+COMPILED_ROULETTE_TERMS = 20
+
+
 class ResidualFlowMLP(InvertibleResidualMLP):
     """Residual Flows' block: an unbiased log-det estimate by the Russian-roulette series and its
     gradient by the Neumann series (no graph through the power series, so memory does not grow
@@ -117,17 +118,22 @@ class ResidualFlowMLP(InvertibleResidualMLP):
         if not self.training:
             return super().logdet(x, weights)
         W1, b1, W2, _ = weights or self._weights()
-        n = self.n_exact + int(torch.distributions.Geometric(probs=torch.tensor(self.roulette_p)).sample())
+        n = self.n_exact + torch.distributions.Geometric(probs=torch.tensor(self.roulette_p)).sample()
+        # Eagerly the loop runs exactly n terms. A compiled graph cannot loop a random number of
+        # times: it runs COMPILED_ROULETTE_TERMS more than n_exact and masks the terms beyond n,
+        # which drops the tail P(N > that) = (1 - p)^COMPILED_ROULETTE_TERMS (1e-6 at p = 0.5).
+        terms = self.n_exact + COMPILED_ROULETTE_TERMS if torch.compiler.is_compiling() else int(n)
         v = torch.randn_like(x)
         d1 = self.act_slope(x, W1, b1)
         d1_const, W1c, W2c = d1.detach(), W1.detach(), W2.detach()
         # value: sum_k (-1)^{k+1}/k v^T J^k v / P(N >= k); Neumann weights for the gradient
         value, w, neumann = x.new_zeros(x.shape[0]), v, torch.zeros_like(v)
         r = v  # (J^T)^j v
-        for k in range(1, n + 1):
-            neumann = neumann + ((-1) ** (k - 1) / self._survival(k)) * r
+        for k in range(1, terms + 1):
+            keep = (k <= n).to(x.dtype)  # 1 for every term of an eager run
+            neumann = neumann + (keep * (-1) ** (k - 1) / self._survival(k)) * r
             w = torch.nn.functional.linear(d1_const * torch.nn.functional.linear(w, W1c), W2c)
-            value = value + ((-1) ** (k + 1) / k / self._survival(k)) * (w * v).sum(1)
+            value = value + (keep * (-1) ** (k + 1) / k / self._survival(k)) * (w * v).sum(1)
             r = torch.nn.functional.linear(d1_const * torch.nn.functional.linear(r, W2c.t()), W1c.t())
         # gradient of log det(I + J) = tr((I + J)^-1 dJ) ~ [sum_k (-1)^k v^T J^k / P(N>=k+1)] dJ v
         jv = torch.nn.functional.linear(d1 * torch.nn.functional.linear(v, W1), W2)

@@ -38,7 +38,7 @@ import torch
 
 from kexue import _C
 from kexue.ops import _checks as C
-from kexue.ops._common import acc_dtype
+from kexue.ops._common import acc_dtype, can_check_values
 
 Tensor = torch.Tensor
 
@@ -225,11 +225,6 @@ def _apply_rope_fake(x, positions, inv_freq, rope_scale, interleaved, inverse):
 # ---------------------------------------------------------------------------------------------
 # Argument checks
 
-def _can_check_values(t: Tensor) -> bool:
-    """Whether a data-dependent check is free: CPU data, not being traced by torch.compile."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
 def _is_integer(t: Tensor) -> bool:
     return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
 
@@ -282,7 +277,7 @@ def _check_mask_args(who, batch, heads, q_len, k_len, causal, segment_ids, mask_
             raise ValueError(f"{who}: segment_ids need Lq <= Lk (queries are the last Lq key positions), "
                              f"got Lq={q_len}, Lk={k_len}")
         _check_same_device(who, "segment_ids", segment_ids, device)
-        if _can_check_values(segment_ids) and segment_ids.numel():
+        if can_check_values(segment_ids) and segment_ids.numel():
             seg = segment_ids.long()
             if not bool(((seg == 0) | (seg == 1)).all()):
                 raise ValueError(f"{who}: segment_ids must hold only 0 (source) and 1 (target)")

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from kexue import _random
 from kexue.models.diffusion.denoisers import MLPDenoiser, UNet
 from kexue.models.diffusion.samplers import GraphCache, SamplerConfig, sample_loop
 from kexue.models.diffusion.schedules import Schedule, get_schedule
@@ -86,7 +87,7 @@ class DDPM(nn.Module):
         cfg = SamplerConfig(sampler, steps, float(eta), clip_x0, variance, spacing)
         device = self.data_mean.device
         if x_T is None:
-            x_T = temperature * torch.randn((n,) + self.event_shape, device=device, generator=generator)
+            x_T = temperature * _random.randn((n,) + self.event_shape, device=device, generator=generator)
         elif tuple(x_T.shape) != (n,) + self.event_shape:
             raise ValueError(f"x_T must have shape {[n, *self.event_shape]}, got {list(x_T.shape)}")
         was_training = self.training

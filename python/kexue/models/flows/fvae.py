@@ -25,9 +25,11 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from kexue import _random
 from kexue.models.flows.glow import glow_layers
 from kexue.nn import Dequantize, Flow, Squeeze
 from kexue.nn.conditioners import zero_init
+from kexue.ops._common import can_check_values
 
 Tensor = torch.Tensor
 LOG_2PI = math.log(2 * math.pi)
@@ -82,7 +84,7 @@ class FVAE(nn.Module):
             self.flow = Flow(glow_layers(shape, levels, depth, hidden, "additive", "reverse", squeeze=True), shape)
 
     def _data(self, x: Tensor):
-        if x.dtype.is_floating_point and not torch.isfinite(x).all():
+        if x.dtype.is_floating_point and can_check_values(x) and not torch.isfinite(x).all():
             raise ValueError("FVAE: the batch contains NaN or inf values")
         if self.dequantize is None:
             return x, x.new_zeros(x.shape[0])
@@ -117,7 +119,7 @@ class FVAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> Tensor:
         p = self.log_sigma_dec
-        z = temperature * torch.randn(n, self.dim, generator=generator, device=p.device, dtype=p.dtype)
+        z = temperature * _random.randn(n, self.dim, generator=generator, device=p.device, dtype=p.dtype)
         if self.posterior == "flow":
             w = self.flow.inverse(z)
         else:

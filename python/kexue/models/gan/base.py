@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from kexue import _random
 from kexue.metrics import mmd2
 from kexue.models.gan.nets import check_event_shape, default_sizes
 
@@ -112,7 +113,7 @@ class AdversarialModel(nn.Module):
         if not temperature >= 0:
             raise ValueError(f"{type(self).__name__}: temperature must be >= 0, got {temperature!r}")
         p = next(self.parameters())
-        return temperature * torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+        return temperature * _random.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
 
     @contextlib.contextmanager
     def generator_in_eval_mode(self):

@@ -28,6 +28,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from kexue import _random
 from kexue.models.gan.divergences import get_divergence
 
 Tensor = torch.Tensor
@@ -120,7 +121,7 @@ class DeepInfoMax(nn.Module):
         if b < 2:
             raise ValueError(f"DeepInfoMax: the MI estimators need a batch of at least 2 images, got {b}")
         m, mean, logvar = self.features(x)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator, device=mean.device,
+        z = mean + torch.exp(0.5 * logvar) * _random.randn(mean.shape, generator=generator, device=mean.device,
                                                          dtype=mean.dtype)
         prior_kl = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
         # Shuffled pairs: image perm[i] with the code of image perm[i−1]; never its own code.

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Tuple
 
 import torch
+from kexue.ops._common import can_check_values
 
 Tensor = torch.Tensor
 
@@ -75,7 +76,7 @@ def check_content_ids(ids: Tensor, vocab_size: int, what: str) -> None:
         raise TypeError(f"{what} must be an integer tensor of content ids [B, L], got {got}")
     if ids.dim() != 2:
         raise ValueError(f"{what} must have shape [B, L], got {list(ids.shape)}")
-    if ids.device.type == "cpu" and ids.numel() and bool(((ids < 0) | (ids >= vocab_size)).any()):
+    if can_check_values(ids) and bool(((ids < 0) | (ids >= vocab_size)).any()):
         raise ValueError(f"{what}: content ids must lie in [0, {vocab_size}), got values in "
                          f"[{int(ids.min())}, {int(ids.max())}]")
 
@@ -92,7 +93,7 @@ def full_lengths(ids: Tensor, lengths: Optional[Tensor], what: str) -> Tensor:
     if lengths.shape != (batch,):
         raise ValueError(f"{what} must have shape [{batch}] (one length per row), got {list(lengths.shape)}")
     lengths = lengths.to(device=ids.device, dtype=torch.long)
-    if lengths.device.type == "cpu" and batch and bool(((lengths < 0) | (lengths > width)).any()):
+    if can_check_values(lengths) and bool(((lengths < 0) | (lengths > width)).any()):
         raise ValueError(f"{what} must lie in [0, {width}] (the padded width), got values in "
                          f"[{int(lengths.min())}, {int(lengths.max())}]")
     return lengths

@@ -43,9 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kexue import _random
 from kexue.models.vae.nvae_cells import DecoderCell, DecoderCombiner, EncoderCell, EncoderCombiner
 from kexue.ops import spectral_norm_power_iteration_grouped
 from kexue.train.registry import register
+from kexue.ops._common import can_check_values
 
 Tensor = torch.Tensor
 LOG_2PI = math.log(2 * math.pi)
@@ -202,7 +204,7 @@ class NVAE(nn.Module):
                              f"got {list(x.shape)}")
         # On the CPU bad levels are a clear error here; on CUDA the check would cost a host sync
         # per step, and cross_entropy's own device-side check catches out-of-range targets.
-        if x.device.type == "cpu" and x.numel():
+        if can_check_values(x):
             if x.dtype.is_floating_point and not bool((x == x.round()).all()):
                 raise ValueError("NVAE: pixel values must be integer levels (got non-integer values or NaN)")
             if bool(((x < 0) | (x > self.n_levels - 1)).any()):
@@ -236,7 +238,7 @@ class NVAE(nn.Module):
                 mu_p, log_sigma_p = _split_params(self.prior_heads[g - 1](h))
             else:
                 mu_p = log_sigma_p = h.new_zeros(n, self.latent_channels, *h.shape[2:])
-            eps = torch.randn(mu_p.shape, generator=generator, device=h.device, dtype=h.dtype)
+            eps = _random.randn(mu_p.shape, generator=generator, device=h.device, dtype=h.dtype)
             sigma_p = torch.exp(log_sigma_p)
             if feats is None:
                 z = mu_p + temperature * sigma_p * eps

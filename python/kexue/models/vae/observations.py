@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from kexue import _random
 
 Tensor = torch.Tensor
 LOG_2PI = math.log(2 * math.pi)
@@ -127,7 +128,7 @@ class GaussianPixels(Observation):
         return self.from_unit(params)
 
     def sample(self, params: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        noise = torch.randn(params.shape, generator=generator, device=params.device, dtype=params.dtype)
+        noise = _random.randn(params.shape, generator=generator, device=params.device, dtype=params.dtype)
         return self.from_unit(params + torch.exp(self.log_sigma).to(params.dtype) * noise)
 
 

@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kexue import _random
 from kexue.data.text import Vocabulary
 from kexue.distributions import DiagonalNormal
 from kexue.nn.bn_latent import BatchNormLatent
 from kexue.train.registry import register
+from kexue.ops._common import can_check_values
 
 Tensor = torch.Tensor
 # log σ² floor for the BN parametrisation, where σ = γ_σ·BN(σ_raw) may come out (almost) zero.
@@ -110,7 +112,7 @@ class PoetryVAE(nn.Module):
             raise ValueError(f"PoetryVAE: expected ids of shape [B, {self.length}], got {list(ids.shape)}")
         # On the CPU a bad id is a clear error here; on CUDA the embedding's device-side check
         # catches it without a host synchronisation every step.
-        if ids.device.type == "cpu" and ids.numel() and bool(((ids < 0) | (ids >= self.vocab_size)).any()):
+        if can_check_values(ids) and bool(((ids < 0) | (ids >= self.vocab_size)).any()):
             raise ValueError(f"PoetryVAE: character ids must lie in [0, {self.vocab_size}), got values in "
                              f"[{int(ids.min())}, {int(ids.max())}]")
 
@@ -185,7 +187,7 @@ class PoetryVAE(nn.Module):
         if not temperature >= 0:
             raise ValueError(f"PoetryVAE.sample: temperature must be non-negative, got {temperature!r}")
         w = self.from_latent.weight
-        z = temperature * torch.randn(n, self.latent_dim, generator=generator, device=w.device, dtype=w.dtype)
+        z = temperature * _random.randn(n, self.latent_dim, generator=generator, device=w.device, dtype=w.dtype)
         logits = self.logits(z)
         if greedy:
             return logits.argmax(dim=-1)

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kexue import _random
 from kexue.distributions import DiagonalNormal, VonMisesFisher, kl_vmf_uniform
 from kexue.models.text.decoding import DecodeState
 from kexue.models.text.packing import (
@@ -262,7 +263,7 @@ class UniVAE(nn.Module):
         w = self.head.weight
         out = []
         for d in self.latent_dims:
-            z = torch.randn(n, d, generator=generator, device=w.device, dtype=w.dtype)
+            z = _random.randn(n, d, generator=generator, device=w.device, dtype=w.dtype)
             out.append(F.normalize(z, dim=-1) if self.latent == "vmf" else z)
         return out
 

@@ -43,8 +43,10 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from kexue import _random
 from kexue.distributions import DiagonalNormal
 from kexue.models.vae.observations import make_observation
+from kexue.ops._common import can_check_values
 
 Tensor = torch.Tensor
 # Latent-map grid: the prior's quantiles from LATENT_MAP_EDGE to 1 − LATENT_MAP_EDGE (the
@@ -122,7 +124,7 @@ class VAE(nn.Module):
     def sample_prior(self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> Tensor:
         """n latents from the prior, [n, latent_dim]; ``temperature`` scales the prior's std."""
         p = self._anchor()
-        return temperature * torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+        return temperature * _random.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
 
     def latent_grid(self, n: int) -> Tensor:
         """An n×n grid [n·n, 2] over a 2-D latent, row by row: the prior's quantiles
@@ -154,7 +156,7 @@ class VAE(nn.Module):
         if self.n_levels is None and not x.dtype.is_floating_point:
             raise TypeError(f"{who}: continuous data must be floating, got {x.dtype}")
         # Value checks read the data back, which is free on the CPU only: skipped for device tensors.
-        if x.device.type == "cpu" and x.numel():
+        if can_check_values(x):
             if self.n_levels is not None:
                 if x.dtype.is_floating_point and not bool((x == x.round()).all()):
                     raise ValueError(f"{who}: discrete data must hold integer levels 0..{self.n_levels - 1}")

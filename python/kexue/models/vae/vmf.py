@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution
 
+from kexue import _random
 from kexue.distributions import VonMisesFisher, kl_vmf_uniform, log_sphere_area
 from kexue.models.vae.vae import VAE
 
@@ -63,7 +64,7 @@ class VMFVAE(VAE):
         if temperature != 1.0:
             raise ValueError(f"VMFVAE: the uniform prior on the sphere has no temperature; got temperature={temperature!r}")
         p = self._anchor()
-        z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+        z = _random.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         return F.normalize(z, dim=-1)
 
     def latent_grid(self, n: int) -> Tensor:
