@@ -7,6 +7,8 @@ from torch._dynamo.utils import counters
 
 from kexue.data import get_dataset
 
+from conftest import HAS_CUDA, HAS_SIMT, on_backend
+
 BATCHES = (7, 11)  # sizes no model dimension shares (dynamo would identify equal sizes)
 
 
@@ -64,11 +66,30 @@ def _loss(out):
     return out["loss"] if isinstance(out, dict) else out
 
 
-@pytest.mark.parametrize("name", sorted(_models()))
-def test_training_step_compiles_fullgraph(name):
-    build, data = _models()[name]
+def _to(batch, device):
+    return tuple(t.to(device) for t in batch) if isinstance(batch, tuple) else batch.to(device)
+
+
+# Every family on the CPU and on CUDA; on the emulator (CUDA kernels inside the compiled graph)
+# the families with the most kernels, as it is slower.
+SIMT_MODELS = ("capsnet", "glow", "transformer_block")
+CASES = ([(name, "cpu") for name in sorted(_models())]
+         + [pytest.param(name, "simt", marks=[pytest.mark.simt, pytest.mark.skipif(not HAS_SIMT, reason="no emulator")])
+            for name in SIMT_MODELS]
+         + [pytest.param(name, "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no GPU")])
+            for name in sorted(_models())])
+
+
+@pytest.mark.parametrize("name,backend", CASES)
+def test_training_step_compiles_fullgraph(name, backend):
+    build, data_cpu = _models()[name]
+    with on_backend(backend) as device:
+        _compiled_steps(name, build, lambda n: _to(data_cpu(n), device), device)
+
+
+def _compiled_steps(name, build, data, device):
     torch.manual_seed(0)
-    model = build()
+    model = build().to(device)
     _loss(model.loss(data(5)))  # data-dependent initialisation (ActNorm) happens eagerly, once
     torch._dynamo.reset()
     counters.clear()
@@ -82,3 +103,21 @@ def test_training_step_compiles_fullgraph(name):
         # A GAN's loss trains both players; an unused parameter would show up here.
         assert not missing, f"{name}: no gradient for {missing[:5]}"
     assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # at most one recompile
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
+@pytest.mark.parametrize("name", ["glow", "transformer_block", "ddpm"])
+def test_cuda_graphs_through_compile(name):
+    """mode="reduce-overhead": inductor's kernels and ours replayed from CUDA graphs."""
+    build, data = _models()[name]
+    torch.manual_seed(0)
+    model = build().cuda()
+    _loss(model.loss(_to(data(16), "cuda")))
+    torch._dynamo.reset()
+    step = torch.compile(model.loss, mode="reduce-overhead")
+    batch = _to(data(16), "cuda")
+    for _ in range(3):
+        loss = _loss(step(batch))
+        loss.backward()
+        assert torch.isfinite(loss)

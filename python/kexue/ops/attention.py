@@ -38,6 +38,7 @@ import torch
 
 from kexue import _C
 from kexue.ops import _checks as C
+from kexue.ops._autocast import promote_under_autocast
 from kexue.ops._common import acc_dtype, can_check_values
 
 Tensor = torch.Tensor
@@ -315,7 +316,8 @@ def _check_attention_args(q, k, v, rope, positions, causal, segment_ids, mask_ru
                              f"got shape {list(t.shape)}")
         if not t.dtype.is_floating_point:
             raise TypeError(f"{who}: {name} must be a floating-point tensor, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
+    # Under autocast the op promotes mixed dtypes (kexue/ops/_autocast.py), as torch's ops do.
+    if not (q.dtype == k.dtype == v.dtype) and not torch.is_autocast_enabled(q.device.type):
         raise TypeError(f"{who}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"{who}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
@@ -429,3 +431,6 @@ def _reference_attention(q, k, v, rope, positions, causal, segment_ids, mask_rul
     logits = torch.where(visible, logits.masked_fill(~mask, float("-inf")), torch.zeros_like(logits))
     probs = torch.softmax(logits, dim=-1) * visible
     return (probs @ va).to(q.dtype)
+
+
+promote_under_autocast("rope_attention", (0, 1, 2))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from kexue.ops import _checks as C
+from kexue.ops._autocast import promote_under_autocast
 from kexue.ops._common import acc_dtype, empty_grad
 
 SCALES = ("exp", "sigmoid", "tanh", "none")
@@ -136,3 +137,6 @@ def reference_coupling(
         ld = torch.where(keep, torch.zeros_like(ld), ld)
     logdet = ld.to(acc_dtype(x.dtype)).reshape(x.shape[0], math.prod(x.shape[1:])).sum(1)
     return out, logdet
+
+
+promote_under_autocast("coupling", (0, 1, 2))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from kexue.ops import _checks as C
+from kexue.ops._autocast import promote_under_autocast
 from kexue.ops._common import acc_dtype
 
 Tensor = torch.Tensor
@@ -308,3 +309,9 @@ def reference_philox_normals(seed: int, offset: int, n: int) -> Tensor:
     r = np.sqrt(-2 * np.log(u1))
     z = np.stack([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)], axis=2)  # [groups, 2, 2]
     return torch.from_numpy(z.reshape(-1)[:n].astype(np.float32))
+
+
+promote_under_autocast("q_sample", (0, 1))
+promote_under_autocast("ddpm_step", (0, 1, 4))
+promote_under_autocast("ddim_step", (0, 1, 5))
+promote_under_autocast("ode_step", (0, 1, 4))

@@ -23,6 +23,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from kexue.ops import _checks as C
+from kexue.ops._autocast import promote_under_autocast
 
 Tensor = torch.Tensor
 DENOM_EPS = 1e-12
@@ -159,3 +160,6 @@ def reference_em_routing(
                      - 0.5 * math.log(2 * math.pi)).sum(-1)  # [B, I, J]
             R = torch.softmax(torch.nn.functional.logsigmoid(x).unsqueeze(1) + log_p, dim=2)
     return mu, a
+
+
+promote_under_autocast("em_routing", (0, 1, 2, 3), floor=torch.float32)
