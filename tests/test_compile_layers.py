@@ -1,12 +1,15 @@
 """Every kexue.nn layer under torch.compile(fullgraph=True, dynamic=True): forward (and inverse for
 flow layers) and backward without a graph break, equal to eager, and a change of batch size
 compiles nothing new."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 from torch._dynamo.utils import counters
 
 import kexue.nn as K
+from kexue.nn.iresnet import InvertibleResidualConv
 
 BATCHES = (7, 11)  # sizes no layer dimension shares (dynamo would identify equal sizes)
 
@@ -34,6 +37,7 @@ FLOW_LAYERS = {
     "InvertibleResidualMLP": (lambda: K.InvertibleResidualMLP(3, hidden=8, n_terms=3), lambda n: torch.randn(n, 3)),
     "ResidualFlowMLP": (lambda: K.ResidualFlowMLP(3, hidden=8), lambda n: torch.randn(n, 3)),
     "Split": (lambda: K.Split((4, 4, 4), hidden=8), _img),
+    "InvertibleResidualConv": (lambda: InvertibleResidualConv((4, 4, 4), hidden=8, n_terms=3), _img),
     "Logit": (lambda: K.Logit(), lambda n: torch.rand(n, 5) * 0.8 + 0.1),
     "Flatten": (lambda: K.Flatten((4, 4, 4)), _img),
     "Permute": (lambda: K.Permute(6), lambda n: torch.randn(n, 6)),
@@ -42,7 +46,7 @@ FLOW_LAYERS = {
 }
 # Inverses by fixed-point iteration stop when the residual is small: data-dependent control flow,
 # compiled with graph breaks (not fullgraph) or run eagerly. Their forward passes compile in full.
-EAGER_INVERSE = {"InvertibleResidualMLP", "ResidualFlowMLP"}
+EAGER_INVERSE = {"InvertibleResidualMLP", "ResidualFlowMLP", "InvertibleResidualConv"}
 LAYERS = {
     "MLP": (lambda: K.MLP(5, 3, hidden=8), lambda n: torch.randn(n, 5)),
     "ConvNet": (lambda: K.ConvNet(4, 6, hidden=8), _img),
@@ -58,6 +62,9 @@ LAYERS = {
     "TransformerStack": (lambda: K.TransformerStack(16, heads=4, layers=2, norm="deepnorm", rope=K.RoPE(4)),
                          lambda n: torch.randn(n, 6, 16)),
     "MLMHead": (lambda: K.MLMHead(16, 30), lambda n: torch.randn(n, 6, 16)),
+    # training mode: random masking inside the graph (same seed eager and compiled)
+    "MLMEmbeddingMasker": (lambda: K.MLMEmbeddingMasker(nn.Embedding(30, 16), 1, special_token_ids=(0,)),
+                           lambda n: torch.randint(2, 30, (n, 9))),
     "Flow": _flow,
 }
 
@@ -72,18 +79,22 @@ def _build(table, name):
     return module.eval() if name == "Dequantize" else module, data
 
 
-def _check_compiled(fn, data, params):
-    """fn compiled against eager for both batch sizes; gradients flow; one graph for both."""
+def _check_compiled(layer, fn, data):
+    """fn compiled against eager for both batch sizes, from the same layer state (power
+    iterations update buffers); gradients flow; one graph for both."""
     torch._dynamo.reset()
     counters.clear()
+    params = list(layer.parameters())
     compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
     for n in BATCHES:
         torch.manual_seed(n)
         xs = data(n)
         xs = xs if isinstance(xs, tuple) else (xs,)
         xs = tuple(x.requires_grad_() if x.dtype.is_floating_point else x for x in xs)
+        state = copy.deepcopy(layer.state_dict())
         torch.manual_seed(0)
         want = _tensors(fn(*xs))
+        layer.load_state_dict(state)
         torch.manual_seed(0)
         got = _tensors(compiled(*xs))
         for w, g in zip(want, got):
@@ -100,13 +111,12 @@ def test_flow_layer_compiles_forward_and_inverse(name):
     layer, data = _build(FLOW_LAYERS, name)
     torch.manual_seed(1)
     layer(data(5))  # data-dependent initialisation (ActNorm) happens eagerly, once
-    params = list(layer.parameters())
-    _check_compiled(lambda x: layer(x), data, params)
+    _check_compiled(layer, lambda x: layer(x), data)
     if name in EAGER_INVERSE:
         return
     with torch.no_grad():
         outputs = layer(data(max(BATCHES)))[:-1]  # what inverse takes: all but the log-det
-    _check_compiled(lambda *ys: layer.inverse(*ys), lambda n: tuple(y[:n].clone() for y in outputs), params)
+    _check_compiled(layer, lambda *ys: layer.inverse(*ys), lambda n: tuple(y[:n].clone() for y in outputs))
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -114,4 +124,4 @@ def test_layer_compiles(name):
     layer, data = _build(LAYERS, name)
     torch.manual_seed(1)
     layer(data(5))
-    _check_compiled(lambda x: layer(x), data, list(layer.parameters()))
+    _check_compiled(layer, lambda x: layer(x), data)

@@ -18,3 +18,7 @@ def randn(*size, generator: Optional[torch.Generator] = None, **kwargs) -> torch
 
 def rand(*size, generator: Optional[torch.Generator] = None, **kwargs) -> torch.Tensor:
     return torch.rand(*size, **_gen(generator), **kwargs)
+
+
+def randint(high: int, size, generator: Optional[torch.Generator] = None, **kwargs) -> torch.Tensor:
+    return torch.randint(high, size, **_gen(generator), **kwargs)

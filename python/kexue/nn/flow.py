@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from kexue import _random
 from kexue.nn.base import FlowLayer, Shape, Tensor, check_event, zeros_logdet
 
 LOG_2PI = math.log(2 * math.pi)
@@ -24,7 +25,7 @@ class StandardNormal(nn.Module):
         return -0.5 * (z.square().sum(1) + z.shape[1] * LOG_2PI)
 
     def sample(self, n: int, dim: int, temperature: float, generator, device, dtype) -> Tensor:
-        return temperature * torch.randn(n, dim, generator=generator, device=device, dtype=dtype)
+        return temperature * _random.randn(n, dim, generator=generator, device=device, dtype=dtype)
 
 
 class StandardLogistic(nn.Module):
@@ -34,7 +35,7 @@ class StandardLogistic(nn.Module):
         return -(torch.nn.functional.softplus(z) + torch.nn.functional.softplus(-z)).sum(1)
 
     def sample(self, n: int, dim: int, temperature: float, generator, device, dtype) -> Tensor:
-        u = torch.rand(n, dim, generator=generator, device=device, dtype=dtype).clamp(1e-6, 1 - 1e-6)
+        u = _random.rand(n, dim, generator=generator, device=device, dtype=dtype).clamp(1e-6, 1 - 1e-6)
         return temperature * (torch.log(u) - torch.log1p(-u))
 
 

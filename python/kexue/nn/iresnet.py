@@ -172,14 +172,17 @@ class InvertibleResidualConv(FlowLayer):
         return self.convs[2](h)
 
     def _g_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            xg = x if x.requires_grad else x.detach().requires_grad_()
-            gx = self.g(xg)
+        # Vector-Jacobian products by torch.func (traceable by torch.compile, unlike
+        # torch.autograd.grad), on weights normalised once: the transform may not run the
+        # spectral norm's in-place power iteration.
+        with parametrize.cached():
+            for conv in self.convs:
+                conv.weight  # noqa: B018 (fills the cache: one power-iteration step per forward)
+            gx, vjp = torch.func.vjp(self.g, x)
             v = torch.randn_like(x)
             w, est = v, x.new_zeros(x.shape[0])
             for k in range(1, self.n_terms + 1):
-                (w,) = torch.autograd.grad(gx, xg, w, retain_graph=True,
-                                           create_graph=torch.is_grad_enabled() and self.training)
+                (w,) = vjp(w)
                 est = est + (-1) ** (k + 1) / k * (w * v).flatten(1).sum(1)
         return gx, est
 

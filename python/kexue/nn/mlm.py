@@ -25,6 +25,7 @@ from typing import Iterable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from kexue import _random
 
 Tensor = torch.Tensor
 
@@ -54,13 +55,13 @@ def mlm_mask_tokens(tokens: Tensor, *, mask_token_id: int, random_token_ids: Ten
         got = f"{maskable.dtype} {list(maskable.shape)}" if isinstance(maskable, Tensor) else type(maskable).__name__
         raise ValueError(f"mlm_mask_tokens: maskable must be a bool tensor of the shape of tokens "
                          f"{list(tokens.shape)}, got {got}")
-    u = torch.rand((2, *tokens.shape), generator=generator, device=tokens.device)
+    u = _random.rand((2, *tokens.shape), generator=generator, device=tokens.device)
     selected = u[0] < mask_prob
     if maskable is not None:
         selected = selected & maskable
     to_mask = selected & (u[1] < mask_ratio)
     to_random = selected & (u[1] >= mask_ratio) & (u[1] < mask_ratio + random_ratio)
-    draws = torch.randint(random_token_ids.numel(), tokens.shape, generator=generator, device=tokens.device)
+    draws = _random.randint(random_token_ids.numel(), tokens.shape, generator=generator, device=tokens.device)
     inputs = torch.where(to_mask, torch.full_like(tokens, mask_token_id), tokens)
     inputs = torch.where(to_random, random_token_ids.to(tokens.dtype)[draws], inputs)
     targets = torch.where(selected, tokens, torch.full_like(tokens, ignore_index))
