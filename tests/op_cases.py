@@ -260,6 +260,7 @@ CASES = [
     Case("iresnet_mlp_logdet", ops.iresnet_mlp_logdet.default, mlp_logdet, FLOATS, bad={
         "3-d x": lambda a: _set(a, 0, a[0][None]),
         "W1 of another width": lambda a: _set(a, 1, a[1][:, :2]),
+        "0-d W1": lambda a: _set(a, 1, a[1].detach().sum()),
         "b1 of another length": lambda a: _set(a, 2, a[2][:3]),
         "W2 transposed": lambda a: _set(a, 3, a[3].t()),
         "b2 of another length": lambda a: _set(a, 4, a[4][:1]),
@@ -270,6 +271,7 @@ CASES = [
     Case("iresnet_mlp_logdet_backward", ops.iresnet_mlp_logdet_backward.default, mlp_logdet_backward, FLOATS, bad={
         "grad of another length": lambda a: _set(a, 0, a[0][:1]),
         "no terms": lambda a: _set(a, 6, 0),
+        "1-d x": lambda a: _set(a, 1, a[1][0]),
     }),
     Case("dynamic_routing", ops.dynamic_routing.default, dynamic_routing, bad={
         "3-d u_hat": lambda a: _set(a, 0, a[0][0]),

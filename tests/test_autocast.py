@@ -92,9 +92,11 @@ def test_compiled_glow_step_under_autocast():
     x = get_dataset("digits", "train", n=16).x.clone()
     model = Glow((1, 8, 8), 17, levels=2, depth=2, hidden=16)
     model.loss(x)
+    model.eval()  # deterministic dequantisation: eager and compiled see the same input
     torch._dynamo.reset()
     step = torch.compile(model.loss, fullgraph=True, backend="aot_eager")
     with torch.autocast(**AMP):
+        eager = model.loss(x)["loss"]
         loss = step(x)["loss"]
-    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, eager, rtol=1e-2, atol=1e-2)
     loss.backward()

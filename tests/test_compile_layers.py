@@ -91,18 +91,23 @@ def _check_compiled(layer, fn, data):
         xs = data(n)
         xs = xs if isinstance(xs, tuple) else (xs,)
         xs = tuple(x.requires_grad_() if x.dtype.is_floating_point else x for x in xs)
+        wrt = [p for p in params if p.requires_grad] + [x for x in xs if x.requires_grad]
         state = copy.deepcopy(layer.state_dict())
-        torch.manual_seed(0)
-        want = _tensors(fn(*xs))
-        layer.load_state_dict(state)
-        torch.manual_seed(0)
-        got = _tensors(compiled(*xs))
+        results = []
+        for run in (fn, compiled):  # the same layer state and random draws for both
+            layer.load_state_dict(state)
+            torch.manual_seed(0)
+            outs = _tensors(run(*xs))
+            total = sum(o.float().sum() for o in outs)
+            grads = torch.autograd.grad(total, wrt, allow_unused=True) if total.requires_grad else ()
+            results.append((outs, grads))
+        (want, want_grads), (got, got_grads) = results
         for w, g in zip(want, got):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
-        total = sum(g.float().sum() for g in got)
-        if total.requires_grad:
-            wrt = [p for p in params if p.requires_grad] + [x for x in xs if x.requires_grad]
-            assert any(g is not None for g in torch.autograd.grad(total, wrt, allow_unused=True))
+        for w, g in zip(want_grads, got_grads):
+            assert (w is None) == (g is None)
+            if w is not None:
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
 
 

@@ -183,3 +183,17 @@ def test_conv_iresnet_on_digits_trains():
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05
     with pytest.raises(ValueError, match="block must be"):
         IResNet((2,), block="resnet")
+
+
+def test_blocks_take_an_empty_batch():
+    from kexue.nn import InvertibleResidualMLP, ResidualFlowMLP
+    from kexue.nn.iresnet import InvertibleResidualConv
+
+    for block, shape in ((InvertibleResidualMLP(3, hidden=8, logdet="exact"), (0, 3)),
+                         (InvertibleResidualMLP(3, hidden=8, logdet="hutchinson"), (0, 3)),
+                         (ResidualFlowMLP(3, hidden=8), (0, 3)),
+                         (InvertibleResidualConv((2, 4, 4), hidden=4), (0, 2, 4, 4))):
+        for mode in (block.train, block.eval):
+            mode()
+            y, ld = block(torch.randn(shape))
+            assert y.shape == shape and ld.shape == (0,)

@@ -123,8 +123,9 @@ struct Mlp {
   at::Tensor d1, d2;            // act'(h), act''(h): [B, H]
 };
 
+// b2 is checked when given (the forward); the backward needs no b2.
 Mlp prepare_mlp(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1, const at::Tensor& W2,
-                const at::Tensor& b2, const at::Tensor& v, c10::string_view activation, const char* op) {
+                const std::optional<at::Tensor>& b2, const at::Tensor& v, c10::string_view activation, const char* op) {
   check_device_supported(x, op);
   kx_dtype(x, op, "x");
   TORCH_CHECK(x.dim() == 2, op, ": x must be [B, D], got ", x.sizes());
@@ -134,12 +135,14 @@ Mlp prepare_mlp(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1,
   TORCH_CHECK(b1.dim() == 1 && b1.size(0) == H, op, ": b1 must be [", H, "], got ", b1.sizes());
   TORCH_CHECK(W2.dim() == 2 && W2.size(0) == D && W2.size(1) == H, op, ": W2 must be [", D, ", ", H,
               "], got ", W2.sizes());
-  TORCH_CHECK(b2.dim() == 1 && b2.size(0) == D, op, ": b2 must be [", D, "], got ", b2.sizes());
+  if (b2.has_value())
+    TORCH_CHECK(b2->dim() == 1 && b2->size(0) == D, op, ": b2 must be [", D, "], got ", b2->sizes());
   TORCH_CHECK(v.sizes() == x.sizes(), op, ": v must have the shape of x ", x.sizes(), ", got ", v.sizes());
-  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{W1, "W1"}, {b1, "b1"}, {W2, "W2"},
-                                {b2, "b2"}, {v, "v"}}) {
-    check_like(x, "x", t, op, name, /*same_dtype=*/false);
-    kx_dtype(t, op, name);
+  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&W1, "W1"}, {&b1, "b1"}, {&W2, "W2"},
+                                {b2.has_value() ? &*b2 : nullptr, "b2"}, {&v, "v"}}) {
+    if (t == nullptr) continue;
+    check_like(x, "x", *t, op, name, /*same_dtype=*/false);
+    kx_dtype(*t, op, name);
   }
   const auto acc = acc_dtype(x.scalar_type());
   Mlp m{x.to(acc).contiguous(), W1.to(acc).contiguous(), b1.to(acc).contiguous(),
@@ -188,8 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> iresnet_mlp_logdet_ba
     std::array<bool, 4> output_mask) {
   constexpr const char* op = "kexue.iresnet_mlp_logdet_backward";
   check_terms(n, op);
-  const at::Tensor b2 = at::zeros({x.size(1)}, x.options());
-  const Mlp m = prepare_mlp(x, W1, b1, W2, b2, v, activation, op);
+  const Mlp m = prepare_mlp(x, W1, b1, W2, std::nullopt, v, activation, op);
   const int64_t B = x.size(0), D = x.size(1), H = W1.size(0);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == B, op, ": grad must have shape [", B, "], got ", grad.sizes());
   const at::Tensor g = grad.to(m.x.scalar_type()).view({1, B, 1});

@@ -61,7 +61,8 @@ class InvertibleResidualMLP(FlowLayer):
         (differentiable when the pre-activation is, and traceable by torch.compile, which
         torch.autograd.grad is not)."""
         h = torch.nn.functional.linear(x, W1, b1)
-        return torch.vmap(torch.func.grad(self.act))(h.reshape(-1)).reshape(h.shape)
+        # The activation is elementwise: the gradient of its sum is act' at every element.
+        return torch.func.grad(lambda t: self.act(t).sum())(h)
 
     def logdet(self, x: Tensor, weights=None) -> Tensor:
         weights = weights or self._weights()
@@ -93,7 +94,7 @@ class InvertibleResidualMLP(FlowLayer):
         return x, -self.logdet(x, weights)
 
 
-COMPILED_ROULETTE_TERMS = 20
+COMPILED_ROULETTE_TAIL = 1e-6
 
 
 class ResidualFlowMLP(InvertibleResidualMLP):
@@ -110,6 +111,10 @@ class ResidualFlowMLP(InvertibleResidualMLP):
             raise ValueError(f"ResidualFlowMLP: roulette_p must be in (0, 1), got {roulette_p}")
         self.n_exact, self.roulette_p = n_exact, roulette_p
 
+    def _compiled_terms(self) -> int:
+        """Terms past n_exact whose omission loses at most COMPILED_ROULETTE_TAIL of probability."""
+        return max(1, math.ceil(math.log(COMPILED_ROULETTE_TAIL) / math.log1p(-self.roulette_p)))
+
     def _survival(self, k: int) -> float:
         """P(N ≥ k) for N = n_exact + Geometric(p) (support 0, 1, ...)."""
         return 1.0 if k <= self.n_exact else (1 - self.roulette_p) ** (k - self.n_exact)
@@ -120,9 +125,9 @@ class ResidualFlowMLP(InvertibleResidualMLP):
         W1, b1, W2, _ = weights or self._weights()
         n = self.n_exact + torch.distributions.Geometric(probs=torch.tensor(self.roulette_p)).sample()
         # Eagerly the loop runs exactly n terms. A compiled graph cannot loop a random number of
-        # times: it runs COMPILED_ROULETTE_TERMS more than n_exact and masks the terms beyond n,
-        # which drops the tail P(N > that) = (1 - p)^COMPILED_ROULETTE_TERMS (1e-6 at p = 0.5).
-        terms = self.n_exact + COMPILED_ROULETTE_TERMS if torch.compiler.is_compiling() else int(n)
+        # times: it runs enough terms past n_exact that P(N > them) <= COMPILED_ROULETTE_TAIL and
+        # masks those beyond n (the estimator then drops that tail).
+        terms = self.n_exact + self._compiled_terms() if torch.compiler.is_compiling() else int(n)
         v = torch.randn_like(x)
         d1 = self.act_slope(x, W1, b1)
         d1_const, W1c, W2c = d1.detach(), W1.detach(), W2.detach()
@@ -131,9 +136,9 @@ class ResidualFlowMLP(InvertibleResidualMLP):
         r = v  # (J^T)^j v
         for k in range(1, terms + 1):
             keep = (k <= n).to(x.dtype)  # 1 for every term of an eager run
-            neumann = neumann + (keep * (-1) ** (k - 1) / self._survival(k)) * r
+            neumann = neumann + (keep * ((-1) ** (k - 1) / self._survival(k))) * r
             w = torch.nn.functional.linear(d1_const * torch.nn.functional.linear(w, W1c), W2c)
-            value = value + (keep * (-1) ** (k + 1) / k / self._survival(k)) * (w * v).sum(1)
+            value = value + (keep * ((-1) ** (k + 1) / k / self._survival(k))) * (w * v).sum(1)
             r = torch.nn.functional.linear(d1_const * torch.nn.functional.linear(r, W2c.t()), W1c.t())
         # gradient of log det(I + J) = tr((I + J)^-1 dJ) ~ [sum_k (-1)^k v^T J^k / P(N>=k+1)] dJ v
         jv = torch.nn.functional.linear(d1 * torch.nn.functional.linear(v, W1), W2)
@@ -184,7 +189,8 @@ class InvertibleResidualConv(FlowLayer):
             for k in range(1, self.n_terms + 1):
                 (w,) = vjp(w)
                 est = est + (-1) ** (k + 1) / k * (w * v).flatten(1).sum(1)
-        return gx, est
+        # The estimate carries a gradient (a double backward) only in training, as before.
+        return gx, est if self.training else est.detach()
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         gx, ld = self._g_and_logdet(x)

@@ -32,7 +32,8 @@ _OP = "kexue.ops.em_routing"
 
 def _as_beta(beta: Union[Tensor, float], name: str, n_out: int, like: Tensor) -> Tensor:
     if not isinstance(beta, Tensor):
-        beta = torch.tensor(float(beta), dtype=like.dtype, device=like.device)
+        # at least fp32: under autocast bf16 votes are promoted, and 0.1 must not round to bf16 first
+        beta = torch.tensor(float(beta), dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
     if beta.dim() == 0:
         return beta.expand(n_out)
     if beta.dim() != 1 or beta.shape[0] != n_out:

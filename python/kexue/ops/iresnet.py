@@ -61,8 +61,9 @@ def _check_mlp(x, W1, b1, W2, b2, v, activation, op):
     C.device_supported(x, op)
     C.float_dtype(x, op, "x")
     C.check(x.dim() == 2, op, "x must be [B, D], got ", C.sizes(x))
-    D, H = x.shape[1], W1.shape[0]
+    D = x.shape[1]
     C.check(W1.dim() == 2 and W1.shape[1] == D, op, "W1 must be [H, ", D, "], got ", C.sizes(W1))
+    H = W1.shape[0]
     C.check(b1.dim() == 1 and b1.shape[0] == H, op, "b1 must be [", H, "], got ", C.sizes(b1))
     C.check(W2.dim() == 2 and W2.shape[0] == D and W2.shape[1] == H, op, "W2 must be [", D, ", ", H, "], got ",
             C.sizes(W2))
