@@ -239,7 +239,7 @@ def test_bad_inputs():
         coupling(x, s, t, scale="softplus")
     with pytest.raises(ValueError, match="clamp only applies"):
         coupling(x, s, t, scale="exp", clamp=2.0)
-    with pytest.raises(ValueError, match="clamp must be positive"):
+    with pytest.raises(ValueError, match="clamp must be a positive finite number"):
         coupling(x, s, t, scale="tanh", clamp=0.0)
     with pytest.raises(RuntimeError, match=r"s must have the shape of x \[4, 6\]"):
         coupling(x, torch.randn(4, 5), t)

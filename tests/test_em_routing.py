@@ -165,7 +165,7 @@ def test_bad_inputs():
         em_routing(V, a, bu, ba.reshape(1, 3))
     with pytest.raises(ValueError, match="does not match pose_dim = 9"):
         em_routing(V, a, bu, ba, pose_dim=9)
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
         em_routing(V, a, bu, ba, eps=0.0)
     # the raw op checks too
     op = torch.ops.kexue.em_routing

@@ -199,8 +199,13 @@ template <typename T> void forward_impl(const attn::Args& a) {
         for (int64_t r = 0; r < nq; ++r) {
           A* s = S.data() + r * kBlockK;
           A mx = m[r];
-#pragma omp simd reduction(max : mx)
-          for (int64_t c = 0; c < nk; ++c) mx = std::max(mx, s[c]);
+          int nan = 0;  // a NaN score makes the row NaN (as softmax does), never a masked-looking 0
+#pragma omp simd reduction(max : mx) reduction(| : nan)
+          for (int64_t c = 0; c < nk; ++c) {
+            mx = std::max(mx, s[c]);
+            nan |= s[c] != s[c];
+          }
+          if (nan) mx = std::numeric_limits<A>::quiet_NaN();
           if (mx == neg_inf) {  // nothing visible yet: this row adds nothing
             std::fill(s, s + nk, A(0));
             continue;
@@ -220,7 +225,7 @@ template <typename T> void forward_impl(const attn::Args& a) {
       }
       for (int64_t r = 0; r < nq; ++r) {
         const int64_t row = (b * H + h) * Lq + i0 + r;
-        const bool empty = l[r] == A(0);
+        const bool empty = l[r] == A(0);  // a NaN l (NaN scores) is not empty: it propagates
         const A inv = empty ? A(0) : A(1) / l[r];
         for (int64_t c = 0; c < d; ++c) out[row * d + c] = static_cast<T>(acc[r * d + c] * inv);
         lse[row] = empty ? std::numeric_limits<A>::infinity() : m[r] + std::log(l[r]);

@@ -73,7 +73,8 @@ __device__ void forward_row(const attn::Args& a, const A* qr, const A* kr, int64
       for (int64_t c = 0; c < d; ++c) t += q[c] * K[j * d + c];
       s = t * scale;
     }
-    const A mx = max(m, warp_allmax(s));
+    // fmax ignores NaN: a NaN score must make the row NaN (as softmax does), not masked-looking 0.
+    const A mx = __any_sync(0xffffffffu, s != s) ? static_cast<A>(NAN) : max(m, warp_allmax(s));
     if (mx == -inf_of<A>()) continue;
     const A p = s == -inf_of<A>() ? A(0) : exp(s - mx);
     const A alpha = exp(m - mx);
@@ -90,13 +91,13 @@ __device__ void forward_row(const attn::Args& a, const A* qr, const A* kr, int64
     }
   }
   const int64_t row = bh * a.Lq + i;
-  const A inv = l > A(0) ? A(1) / l : A(0);
+  const A inv = l == A(0) ? A(0) : A(1) / l;  // l is NaN after NaN scores: it propagates
   T* out = static_cast<T*>(a.out) + row * d;
   for (int e = 0; e < per; ++e) {
     const int64_t col = lane + 32 * e;
     if (col < d) store(out + col, acc[e] * inv);
   }
-  if (lane == 0) static_cast<A*>(a.lse)[row] = l > A(0) ? m + log(l) : inf_of<A>();
+  if (lane == 0) static_cast<A*>(a.lse)[row] = l == A(0) ? inf_of<A>() : m + log(l);
 }
 
 template <typename T, typename A>

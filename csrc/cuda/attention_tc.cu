@@ -152,7 +152,9 @@ __device__ void forward_tile(const attn::Args& a, const T* qt, const T* kt, int6
         const int c = lane + 32 * t;
         s[t] = sees(a, b, h, i, j0 + c) ? Ss[r * lds + c] * scale : -inf;
       }
-      const float m_old = m_s[r], m_new = fmaxf(m_old, warp_allmax(fmaxf(s[0], s[1])));
+      // fmaxf ignores NaN: a NaN score must make the row NaN (as softmax does), not masked-looking 0.
+      const bool nan = __any_sync(0xffffffffu, s[0] != s[0] || s[1] != s[1]);
+      const float m_old = m_s[r], m_new = nan ? NAN : fmaxf(m_old, warp_allmax(fmaxf(s[0], s[1])));
       float p0 = 0.0f, p1 = 0.0f, alpha = 1.0f;
       if (m_new != -inf) {  // otherwise nothing is visible yet and the row stays 0
         p0 = expf(s[0] - m_new);
@@ -179,12 +181,12 @@ __device__ void forward_tile(const attn::Args& a, const T* qt, const T* kt, int6
     const int r = r0 + e / D, c = e % D;
     if (i0 + r < a.Lq) {
       const float l = l_s[r];
-      out[(i0 + r) * D + c] = to_half<T>(l > 0.0f ? Os[r * ldf + c] / l : 0.0f);
+      out[(i0 + r) * D + c] = to_half<T>(l == 0.0f ? 0.0f : Os[r * ldf + c] / l);  // NaN l propagates
     }
   }
   if (lane < 16 && i0 + r0 + lane < a.Lq) {
     const int r = r0 + lane;
-    static_cast<float*>(a.lse)[bh * a.Lq + i0 + r] = l_s[r] > 0.0f ? m_s[r] + logf(l_s[r]) : inf;
+    static_cast<float*>(a.lse)[bh * a.Lq + i0 + r] = l_s[r] == 0.0f ? inf : m_s[r] + logf(l_s[r]);
   }
 }
 

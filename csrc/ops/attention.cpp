@@ -3,6 +3,7 @@
 // (segment ids 0/1 and monotone, on CPU tensors); here: shapes, dtypes, devices.
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
 
@@ -36,6 +37,8 @@ void rope_args(attn::Rope& r, at::Tensor& keep_freq, at::Tensor& keep_pos, const
   r.scale = rope_scale;
   r.interleaved = interleaved;
   if (!inv_freq.has_value()) return;
+  TORCH_CHECK(std::isfinite(rope_scale) && rope_scale > 0, op, ": rope_scale must be positive and finite, got ",
+              rope_scale);
   TORCH_CHECK(d % 2 == 0, op, ": RoPE needs an even head dimension, got ", d);
   TORCH_CHECK(inv_freq->dim() == 1 && inv_freq->size(0) == d / 2, op, ": inv_freq must have shape [", d / 2,
               "] (half the head dimension), got ", inv_freq->sizes());
@@ -45,6 +48,9 @@ void rope_args(attn::Rope& r, at::Tensor& keep_freq, at::Tensor& keep_pos, const
   if (!positions.has_value()) return;
   const at::Tensor& p = *positions;
   TORCH_CHECK(p.device() == x.device(), op, ": positions must be on ", x.device(), ", got ", p.device());
+  TORCH_CHECK(p.scalar_type() != at::kBool && !at::isComplexType(p.scalar_type()), op,
+              ": positions must be integer or real, got ", p.scalar_type());
+  TORCH_CHECK(!p.requires_grad(), op, ": positions are not differentiable; pass them without requires_grad");
   TORCH_CHECK((p.dim() == 1 && p.size(0) == L) || (p.dim() == 2 && (p.size(0) == B || p.size(0) == 1) && p.size(1) == L),
               op, ": positions must be [", L, "] or [", B, ", ", L, "], got ", p.sizes());
   keep_pos = p.to(acc).contiguous();
@@ -71,6 +77,7 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   a.d = q.size(3);
   a.Hkv = k.size(1);
   a.Lk = k.size(2);
+  TORCH_CHECK(a.d >= 1, op, ": the head dimension must be at least 1, got 0");
   TORCH_CHECK(k.size(0) == a.B && k.size(3) == a.d, op, ": k must be [", a.B, ", kv_heads, len, ", a.d, "], got ",
               k.sizes());
   TORCH_CHECK(a.Hkv >= 1 && a.H % a.Hkv == 0, op, ": the query heads (", a.H, ") must be a multiple of the kv heads (",
@@ -79,7 +86,7 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   // for masks that compare indices (causal, key lengths, dense), not for positions or segments.
   TORCH_CHECK(a.Lq <= a.Lk || (!inv_freq.has_value() && !segment_ids.has_value()), op,
               ": with RoPE or segment ids, q may not be longer than k, got ", a.Lq, " > ", a.Lk);
-  TORCH_CHECK(scale > 0, op, ": scale must be positive, got ", scale);
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, op, ": scale must be positive and finite, got ", scale);
   a.scale = scale;
   p.q = q.contiguous();
   p.k = k.contiguous();
@@ -106,7 +113,9 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
     const at::Tensor& kl = *key_lengths;
     TORCH_CHECK(kl.device() == q.device(), op, ": key_lengths must be on ", q.device());
     TORCH_CHECK(kl.dim() == 1 && kl.size(0) == a.B, op, ": key_lengths must be [", a.B, "], got ", kl.sizes());
-    TORCH_CHECK(!at::isFloatingType(kl.scalar_type()), op, ": key_lengths must be integers, got ", kl.scalar_type());
+    TORCH_CHECK(!at::isFloatingType(kl.scalar_type()) && kl.scalar_type() != at::kBool &&
+                    !at::isComplexType(kl.scalar_type()),
+                op, ": key_lengths must be integers, got ", kl.scalar_type());
     p.key_len = kl.to(at::kLong).contiguous();
     m.key_len = p.key_len.data_ptr<int64_t>();
   }
@@ -183,6 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_attention_backward(
   ga.grad_v = gv.data_ptr();
   if (q.numel() == 0 && k.numel() == 0) return {gq, gk, gv};
   if (q.numel() == 0) return {gq, gk.zero_(), gv.zero_()};
+  if (k.numel() == 0) return {gq.zero_(), gk, gv};  // no keys: the output is the constant 0
 #ifdef KX_GPU_LAUNCHERS
   if (gpu_launchers(q)) {
     LaunchScope launch(q);

@@ -2,6 +2,8 @@
 // the CPU or CUDA launcher.
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "cpu/kernels.h"
 #include "ops/autograd.h"
 #include "ops/common.h"
@@ -39,7 +41,8 @@ Operands prepare(const at::Tensor& x, const std::optional<at::Tensor>& s,
   kx_dtype(x, kOp, "x");
   TORCH_CHECK(x.dim() >= 1, kOp, ": x must have a batch dimension, got a 0-d tensor");
   if (o.scale == coupling::Scale::Tanh)
-    TORCH_CHECK(clamp > 0, kOp, ": clamp must be positive for scale='tanh', got ", clamp);
+    TORCH_CHECK(std::isfinite(clamp) && clamp > 0, kOp, ": clamp must be positive and finite for scale='tanh', got ",
+                clamp);
   if (o.scale == coupling::Scale::None) {
     TORCH_CHECK(!s.has_value(), kOp, ": scale='none' (additive coupling) takes no s; pass s=None");
   } else {

@@ -4,6 +4,8 @@
 // the inputs are saved.
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "cpu/kernels.h"
 #include "ops/autograd.h"
 #include "ops/common.h"
@@ -19,14 +21,16 @@ struct Shape {
 };
 
 Shape check_inputs(const at::Tensor& votes, const at::Tensor& a_in, const at::Tensor& beta_u,
-                   const at::Tensor& beta_a, int64_t iterations, double eps, const char* op) {
+                   const at::Tensor& beta_a, int64_t iterations, double final_lambda, double eps, const char* op) {
   check_device_supported(votes, op);
   TORCH_CHECK(votes.scalar_type() == at::kFloat || votes.scalar_type() == at::kDouble, op,
               ": votes must be float32 or float64, got ", votes.scalar_type());
   TORCH_CHECK(votes.dim() == 4, op, ": votes must have shape [B, N_in, N_out, H], got ",
               votes.dim(), "-d tensor of shape ", votes.sizes());
   TORCH_CHECK(iterations >= 1, op, ": iterations must be >= 1, got ", iterations);
-  TORCH_CHECK(eps > 0, op, ": eps must be > 0, got ", eps);
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be positive and finite, got ", eps);
+  TORCH_CHECK(std::isfinite(final_lambda) && final_lambda >= 0, op,
+              ": final_lambda must be non-negative and finite, got ", final_lambda);
   const Shape s{votes.size(0), votes.size(1), votes.size(2), votes.size(3)};
   check_like(votes, "votes", a_in, op, "a_in");
   check_like(votes, "votes", beta_u, op, "beta_u");
@@ -67,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
                                                       const at::Tensor& beta_u,
                                                       const at::Tensor& beta_a, int64_t iterations,
                                                       double final_lambda, double eps) {
-  const Shape s = check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, kOp);
+  const Shape s = check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, kOp);
   const at::Tensor V = votes.contiguous(), ain = a_in.contiguous(), bu = beta_u.contiguous(),
                    ba = beta_a.contiguous();
   at::Tensor mu = at::empty({s.B, s.J, s.H}, V.options());
@@ -95,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
     const at::Tensor& a_in, const at::Tensor& beta_u, const at::Tensor& beta_a, int64_t iterations,
     double final_lambda, double eps) {
   constexpr const char* op = "kexue.em_routing_backward";
-  const Shape s = check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, op);
+  const Shape s = check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op);
   check_like(votes, "votes", grad_mu, op, "grad_mu");
   check_like(votes, "votes", grad_a, op, "grad_a");
   TORCH_CHECK(grad_mu.dim() == 3 && grad_mu.size(0) == s.B && grad_mu.size(1) == s.J &&

@@ -16,8 +16,12 @@ namespace {
 // c_k = (-1)^{k+1} / k: the coefficients of log(1 + x) = sum_k c_k x^k.
 double series_coeff(int64_t k) { return (k % 2 ? 1.0 : -1.0) / static_cast<double>(k); }
 
+// More terms than this are no use to a series that must converge geometrically, and the backward's
+// n × n coefficient table would not fit in memory long before n reached int64's range.
+constexpr int64_t kMaxTerms = 1024;
+
 void check_terms(int64_t n, const char* op) {
-  TORCH_CHECK(n >= 1, op, ": n_terms must be >= 1, got ", n);
+  TORCH_CHECK(n >= 1 && n <= kMaxTerms, op, ": n_terms must be in [1, ", kMaxTerms, "], got ", n);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -120,6 +120,12 @@ void check_iteration_args(int64_t n_iter, double eps, const char* op) {
               eps);
 }
 
+// u and v are written in place: all of them are checked before the first write.
+void check_writable(const at::Tensor& t, const char* op, const std::string& name) {
+  TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, ": ", name,
+              " is updated in place and must not have internally overlapping memory (e.g. stride 0 from expand)");
+}
+
 void check_no_alias(const at::Tensor& W, const at::Tensor& u, const at::Tensor& v, const char* op,
                     const std::string& sfx = "") {
   TORCH_CHECK(!overlaps(u, W) && !overlaps(v, W) && !overlaps(u, v), op, ": u", sfx, " and v",
@@ -131,6 +137,8 @@ at::Tensor power_iteration(const at::Tensor& W, const at::Tensor& u, const at::T
                            int64_t n_iter, double eps) {
   check_triplet(W, u, v, kPowerOp);
   check_iteration_args(n_iter, eps, kPowerOp);
+  check_writable(u, kPowerOp, "u");
+  check_writable(v, kPowerOp, "v");
   check_no_alias(W, u, v, kPowerOp);
   at::Tensor sigma = at::empty({}, W.options().dtype(acc_dtype(W.scalar_type())));
   run_power_iteration({W}, {u}, {v}, n_iter, eps, sigma, kPowerOp);
@@ -152,6 +160,8 @@ at::Tensor power_iteration_grouped(at::TensorList Ws, at::TensorList us, at::Ten
       const std::string name = "Ws[" + std::to_string(w) + "]";
       check_like(Ws[0], "Ws[0]", Ws[w], op, name.c_str());
     }
+    check_writable(us[w], op, "us[" + std::to_string(w) + "]");
+    check_writable(vs[w], op, "vs[" + std::to_string(w) + "]");
     check_no_alias(Ws[w], us[w], vs[w], op, "[" + std::to_string(w) + "]");
   }
   for (int64_t a = 0; a < L; ++a)
@@ -182,14 +192,26 @@ const c10::TypedOperatorHandle<GroupedSig>& grouped_op() {
   return op;
 }
 
+// torch refuses in-place writes into tensors that require grad while grad mode is on; so does the
+// power iteration (it is not differentiable: run it under no_grad, as torch's spectral_norm does).
+void check_not_recorded(const at::Tensor& t, const char* op, const std::string& name) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && t.requires_grad()), op, ": ", name,
+              " requires grad and is updated in place; the power iteration is not differentiable: run it under "
+              "torch.no_grad() or pass vectors that do not require grad");
+}
+
 at::Tensor power_iteration_autograd(const at::Tensor& W, const at::Tensor& u, const at::Tensor& v,
                                     int64_t n_iter, double eps) {
+  check_not_recorded(u, kPowerOp, "u");
+  check_not_recorded(v, kPowerOp, "v");
   at::AutoDispatchBelowAutograd below;
   return power_op().call(W, u, v, n_iter, eps);
 }
 
 at::Tensor power_iteration_grouped_autograd(at::TensorList Ws, at::TensorList us,
                                             at::TensorList vs, int64_t n_iter, double eps) {
+  for (size_t w = 0; w < us.size(); ++w) check_not_recorded(us[w], kGroupedOp, "us[" + std::to_string(w) + "]");
+  for (size_t w = 0; w < vs.size(); ++w) check_not_recorded(vs[w], kGroupedOp, "vs[" + std::to_string(w) + "]");
   at::AutoDispatchBelowAutograd below;
   return grouped_op().call(Ws, us, vs, n_iter, eps);
 }

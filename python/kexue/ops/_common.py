@@ -1,6 +1,10 @@
 """Helpers shared by the op files."""
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Optional
+
 import torch
 
 
@@ -19,3 +23,25 @@ def can_check_values(t: torch.Tensor) -> bool:
     torch.compile (on a GPU it would cost a host synchronisation; under tracing there is no data,
     and the kernels' own checks run when the compiled code does)."""
     return t.device.type == "cpu" and t.numel() > 0 and not torch.compiler.is_compiling()
+
+
+def check_int(value, name: str, op: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
+    """An integer argument of a public function: a real int (not a bool, float or string) in range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{op}: {name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_real(value, name: str, op: str, *, positive: bool = False, nonnegative: bool = False) -> float:
+    """A real scalar argument of a public function: a finite number (NaN and inf rejected), optionally
+    positive or non-negative."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and not value > 0) or (nonnegative and not value >= 0):
+        what = "a positive" if positive else "a non-negative" if nonnegative else "a"
+        raise ValueError(f"{op}: {name} must be {what} finite number, got {value!r}")
+    return value

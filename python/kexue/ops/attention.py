@@ -132,9 +132,11 @@ def _apply_rope_impl(x, positions, rope, seq_len):
 # ---- fake kernels: csrc/ops/attention.cpp's checks, in its order ----------------------------------
 
 
-def _check_rope_kernel_args(inv_freq, positions, x, B, L, d, op):
+def _check_rope_kernel_args(inv_freq, rope_scale, positions, x, B, L, d, op):
     if inv_freq is None:
         return
+    C.check(math.isfinite(rope_scale) and rope_scale > 0, op, "rope_scale must be positive and finite, got ",
+            C.num(rope_scale))
     C.check(d % 2 == 0, op, "RoPE needs an even head dimension, got ", d)
     C.check(inv_freq.dim() == 1 and inv_freq.shape[0] == d // 2, op, "inv_freq must have shape [", d // 2,
             "] (half the head dimension), got ", C.sizes(inv_freq))
@@ -143,12 +145,16 @@ def _check_rope_kernel_args(inv_freq, positions, x, B, L, d, op):
         return
     p = positions
     C.check(p.device == x.device, op, "positions must be on ", x.device, ", got ", p.device)
+    C.check(p.dtype != torch.bool and not p.dtype.is_complex, op, "positions must be integer or real, got ",
+            C.dtype_name(p.dtype))
+    C.check(not p.requires_grad, op, "positions are not differentiable; pass them without requires_grad")
     C.check((p.dim() == 1 and p.shape[0] == L) or (p.dim() == 2 and (p.shape[0] == B or p.shape[0] == 1)
                                                    and p.shape[1] == L),
             op, "positions must be [", L, "] or [", B, ", ", L, "], got ", C.sizes(p))
 
 
-def _check_kernel_args(q, k, v, inv_freq, positions, segment_ids, mask_rule, key_lengths, attn_mask, scale, op):
+def _check_kernel_args(q, k, v, inv_freq, rope_scale, positions, segment_ids, mask_rule, key_lengths, attn_mask,
+                       scale, op):
     C.device_supported(q, op)
     C.float_dtype(q, op, "q")
     C.check(q.dim() == 4, op, "q must be [batch, heads, len, head_dim], got shape ", C.sizes(q))
@@ -159,11 +165,12 @@ def _check_kernel_args(q, k, v, inv_freq, positions, segment_ids, mask_rule, key
     B, H, Lq, d = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     C.check(k.shape[0] == B and k.shape[3] == d, op, "k must be [", B, ", kv_heads, len, ", d, "], got ", C.sizes(k))
+    C.check(d >= 1, op, "the head dimension must be at least 1, got 0")
     C.check(Hkv >= 1 and H % Hkv == 0, op, "the query heads (", H, ") must be a multiple of the kv heads (", Hkv, ")")
     C.check(Lq <= Lk or (inv_freq is None and segment_ids is None), op,
             "with RoPE or segment ids, q may not be longer than k, got ", Lq, " > ", Lk)
-    C.check(scale > 0, op, "scale must be positive, got ", C.num(scale))
-    _check_rope_kernel_args(inv_freq, positions, q, B, Lk, d, op)
+    C.check(math.isfinite(scale) and scale > 0, op, "scale must be positive and finite, got ", C.num(scale))
+    _check_rope_kernel_args(inv_freq, rope_scale, positions, q, B, Lk, d, op)
     if segment_ids is not None:
         C.check(segment_ids.device == q.device, op, "segment_ids must be on ", q.device)
         C.check(segment_ids.dim() == 2 and segment_ids.shape[0] == B and segment_ids.shape[1] == Lk, op,
@@ -173,7 +180,8 @@ def _check_kernel_args(q, k, v, inv_freq, positions, segment_ids, mask_rule, key
         C.check(key_lengths.device == q.device, op, "key_lengths must be on ", q.device)
         C.check(key_lengths.dim() == 1 and key_lengths.shape[0] == B, op, "key_lengths must be [", B, "], got ",
                 C.sizes(key_lengths))
-        C.check(not key_lengths.dtype.is_floating_point, op, "key_lengths must be integers, got ",
+        C.check(not key_lengths.dtype.is_floating_point and key_lengths.dtype != torch.bool
+                and not key_lengths.dtype.is_complex, op, "key_lengths must be integers, got ",
                 C.dtype_name(key_lengths.dtype))
     if attn_mask is not None:
         C.check(attn_mask.dtype == torch.bool, op, "attn_mask must be boolean (True = visible), got ",
@@ -193,7 +201,8 @@ def _on_cuda_kernels(t):
 def _rope_attention_fake(q, k, v, inv_freq, rope_scale, interleaved, positions, causal, segment_ids, mask_rule,
                          key_lengths, attn_mask, scale):
     op = "kexue.rope_attention"
-    _check_kernel_args(q, k, v, inv_freq, positions, segment_ids, mask_rule, key_lengths, attn_mask, scale, op)
+    _check_kernel_args(q, k, v, inv_freq, rope_scale, positions, segment_ids, mask_rule, key_lengths, attn_mask,
+                       scale, op)
     if q.numel() > 0 and _on_cuda_kernels(q):
         C.check(q.shape[3] <= 256, op, "the CUDA kernels take head dimensions up to 256, got ", q.shape[3])
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
@@ -203,7 +212,8 @@ def _rope_attention_fake(q, k, v, inv_freq, rope_scale, interleaved, positions, 
 def _rope_attention_backward_fake(grad_out, q, k, v, out, lse, inv_freq, rope_scale, interleaved, positions, causal,
                                   segment_ids, mask_rule, key_lengths, attn_mask, scale):
     op = "kexue.rope_attention_backward"
-    _check_kernel_args(q, k, v, inv_freq, positions, segment_ids, mask_rule, key_lengths, attn_mask, scale, op)
+    _check_kernel_args(q, k, v, inv_freq, rope_scale, positions, segment_ids, mask_rule, key_lengths, attn_mask,
+                       scale, op)
     C.like(q, "q", grad_out, op, "grad_out")
     C.like(q, "q", out, op, "out")
     C.check(grad_out.shape == q.shape and out.shape == q.shape, op, "grad_out and out must have the shape of q ",
@@ -219,7 +229,8 @@ def _apply_rope_fake(x, positions, inv_freq, rope_scale, interleaved, inverse):
     C.device_supported(x, op)
     C.float_dtype(x, op, "x")
     C.check(x.dim() >= 2, op, "x must be [..., len, head_dim], got ", C.sizes(x))
-    _check_rope_kernel_args(inv_freq, positions, x, x.shape[0] if x.dim() >= 3 else 1, x.shape[-2], x.shape[-1], op)
+    _check_rope_kernel_args(inv_freq, rope_scale, positions, x, x.shape[0] if x.dim() >= 3 else 1, x.shape[-2],
+                            x.shape[-1], op)
     return x.new_empty(x.shape)
 
 
@@ -252,6 +263,8 @@ def _check_positions(who: str, positions, batch: int, length: int, device: torch
         raise TypeError(f"{who}: positions must be a tensor or None, got {type(positions).__name__}")
     if positions.dtype == torch.bool or positions.is_complex():
         raise TypeError(f"{who}: positions must be integer or real, got {positions.dtype}")
+    if positions.requires_grad:
+        raise ValueError(f"{who}: positions are not differentiable; pass them without requires_grad")
     ok = (positions.dim() == 1 and positions.shape[0] == length) or \
          (positions.dim() == 2 and positions.shape[0] in (1, batch) and positions.shape[1] == length)
     if not ok:
@@ -332,6 +345,8 @@ def _check_attention_args(q, k, v, rope, positions, causal, segment_ids, mask_ru
         raise ValueError(f"{who}: q and k/v must have the same head dim, got {d} and {dk}")
     if Hkv == 0 or H % Hkv:
         raise ValueError(f"{who}: the query heads ({H}) must be a multiple of the kv heads ({Hkv})")
+    if d == 0:
+        raise ValueError(f"{who}: the head dimension must be at least 1, got 0")
     if rope is not None:
         _check_rope_object(who, rope, d)
         if Lq > Lk:

@@ -18,6 +18,7 @@ from typing import Tuple, Union
 import torch
 
 from kexue.ops import _checks as C
+from kexue.ops._common import check_int
 
 SQUASHES = {"sabour": 1.0, "post": 0.5}
 SQUASH_EPS = 1e-12
@@ -25,11 +26,12 @@ Tensor = torch.Tensor
 
 
 def _check_args(u_hat: Tensor, iterations: int, squash: str) -> None:
+    if not isinstance(u_hat, Tensor):
+        raise TypeError(f"kexue.ops.dynamic_routing: u_hat must be a tensor, got {type(u_hat).__name__}")
     if squash not in SQUASHES:
         raise ValueError(
             f"kexue.ops.dynamic_routing: squash must be one of {tuple(SQUASHES)}, got {squash!r}")
-    if int(iterations) < 1:
-        raise ValueError(f"kexue.ops.dynamic_routing: iterations must be >= 1, got {iterations}")
+    check_int(iterations, "iterations", "kexue.ops.dynamic_routing")
     if u_hat.dim() != 4:
         raise ValueError(
             "kexue.ops.dynamic_routing: u_hat must have shape [B, N_in, N_out, D], got "

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from kexue.ops import _checks as C
 from kexue.ops._autocast import promote_under_autocast
-from kexue.ops._common import acc_dtype, empty_grad
+from kexue.ops._common import acc_dtype, check_real, empty_grad
 
 SCALES = ("exp", "sigmoid", "tanh", "none")
 Tensor = torch.Tensor
@@ -25,10 +25,7 @@ def _check_args(scale: str, clamp: Optional[float]) -> float:
     if scale not in SCALES:
         raise ValueError(f"kexue.ops.coupling: scale must be one of {SCALES}, got {scale!r}")
     if scale == "tanh":
-        clamp = 1.0 if clamp is None else float(clamp)
-        if not clamp > 0:
-            raise ValueError(f"kexue.ops.coupling: clamp must be positive, got {clamp}")
-        return clamp
+        return 1.0 if clamp is None else check_real(clamp, "clamp", "kexue.ops.coupling", positive=True)
     if clamp is not None:
         raise ValueError(
             f"kexue.ops.coupling: clamp only applies to scale='tanh' (log f = clamp·tanh(s/clamp)), "
@@ -72,7 +69,8 @@ def _check_operands(x, s, t, mask, scale, clamp):
     C.float_dtype(x, op, "x")
     C.check(x.dim() >= 1, op, "x must have a batch dimension, got a 0-d tensor")
     if scale == "tanh":
-        C.check(clamp > 0, op, "clamp must be positive for scale='tanh', got ", C.num(clamp))
+        C.check(math.isfinite(clamp) and clamp > 0, op, "clamp must be positive and finite for scale='tanh', got ",
+                C.num(clamp))
     if scale == "none":
         C.check(s is None, op, "scale='none' (additive coupling) takes no s; pass s=None")
     else:

@@ -23,6 +23,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from kexue.ops import _checks as C
+from kexue.ops._common import check_int, check_real
 from kexue.ops._autocast import promote_under_autocast
 
 Tensor = torch.Tensor
@@ -45,10 +46,8 @@ def _as_beta(beta: Union[Tensor, float], name: str, n_out: int, like: Tensor) ->
 def _check_args(votes, a_in, beta_u, beta_a, iterations, eps):
     if votes.dim() != 4:
         raise ValueError(f"{_OP}: votes must have shape [B, N_in, N_out, H], got {tuple(votes.shape)}")
-    if int(iterations) < 1:
-        raise ValueError(f"{_OP}: iterations must be >= 1, got {iterations}")
-    if not eps > 0:
-        raise ValueError(f"{_OP}: eps must be > 0, got {eps}")
+    check_int(iterations, "iterations", _OP)
+    check_real(eps, "eps", _OP, positive=True)
     B, n_in, n_out, _ = votes.shape
     if a_in.dim() != 2 or tuple(a_in.shape) != (B, n_in):
         raise ValueError(f"{_OP}: a_in must have shape [B, N_in] = [{B}, {n_in}], got {tuple(a_in.shape)}")
@@ -81,6 +80,7 @@ def em_routing(
     votes, a_in, beta_u and beta_a.
     """
     bu, ba = _check_args(votes, a_in, beta_u, beta_a, iterations, eps)
+    check_real(final_lambda, "final_lambda", _OP, nonnegative=True)
     if pose_dim is not None and votes.shape[-1] != pose_dim:
         raise ValueError(f"{_OP}: votes' last dimension H = {votes.shape[-1]} does not match "
                          f"pose_dim = {pose_dim}")
@@ -88,7 +88,7 @@ def em_routing(
                                       float(eps))
 
 
-def _check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, op):
+def _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op):
     """csrc/ops/em_routing.cpp's check_inputs()."""
     C.device_supported(votes, op)
     C.check(votes.dtype in (torch.float32, torch.float64), op, "votes must be float32 or float64, got ",
@@ -96,7 +96,9 @@ def _check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, op):
     C.check(votes.dim() == 4, op, "votes must have shape [B, N_in, N_out, H], got ", votes.dim(),
             "-d tensor of shape ", C.sizes(votes))
     C.check(iterations >= 1, op, "iterations must be >= 1, got ", iterations)
-    C.check(eps > 0, op, "eps must be > 0, got ", C.num(eps))
+    C.check(math.isfinite(eps) and eps > 0, op, "eps must be positive and finite, got ", C.num(eps))
+    C.check(math.isfinite(final_lambda) and final_lambda >= 0, op, "final_lambda must be non-negative and finite, got ",
+            C.num(final_lambda))
     B, n_in, n_out, _ = votes.shape
     for t, name in ((a_in, "a_in"), (beta_u, "beta_u"), (beta_a, "beta_a")):
         C.like(votes, "votes", t, op, name)
@@ -108,7 +110,7 @@ def _check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, op):
 
 @torch.library.register_fake("kexue::em_routing")
 def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps):
-    _check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, "kexue.em_routing")
+    _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, "kexue.em_routing")
     B, n_in, n_out, H = votes.shape
     return votes.new_empty((B, n_out, H)), votes.new_empty((B, n_out))
 
@@ -117,7 +119,7 @@ def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps)
 def _em_routing_backward_fake(grad_mu, grad_a, votes, a_in, beta_u, beta_a, iterations,
                               final_lambda, eps):
     op = "kexue.em_routing_backward"
-    _check_inputs(votes, a_in, beta_u, beta_a, iterations, eps, op)
+    _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op)
     C.like(votes, "votes", grad_mu, op, "grad_mu")
     C.like(votes, "votes", grad_a, op, "grad_a")
     B, _, n_out, H = votes.shape
@@ -141,6 +143,7 @@ def reference_em_routing(
 ) -> Tuple[Tensor, Tensor]:
     """``em_routing`` written straight from the paper's procedure (autograd does the backward)."""
     bu, ba = _check_args(votes, a_in, beta_u, beta_a, iterations, eps)
+    check_real(final_lambda, "final_lambda", _OP, nonnegative=True)
     V = votes  # [B, I, J, H]
     R = torch.full(V.shape[:3], 1.0 / V.shape[2], dtype=V.dtype, device=V.device)
     for t in range(iterations):

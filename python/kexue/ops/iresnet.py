@@ -13,17 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from kexue.ops import _checks as C
-from kexue.ops._common import acc_dtype, empty_grad
+from kexue.ops._common import acc_dtype, check_int, empty_grad
 
 Tensor = torch.Tensor
 ACTIVATIONS = ("elu", "lipswish", "tanh", "softplus")
 LIPSWISH_SCALE = 1.1  # swish's Lipschitz constant is ~1.0998
 
 
+MAX_TERMS = 1024  # csrc/ops/iresnet.cpp's kMaxTerms
+
+
 def _check_terms(n_terms: int, name: str) -> int:
-    if isinstance(n_terms, bool) or not isinstance(n_terms, int) or n_terms < 1:
-        raise ValueError(f"{name}: n_terms must be an integer >= 1, got {n_terms!r}")
-    return n_terms
+    return check_int(n_terms, "n_terms", name, maximum=MAX_TERMS)
 
 
 def logdet_power_series(J: Tensor, n_terms: int) -> Tensor:
@@ -47,7 +48,7 @@ def iresnet_mlp_logdet(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor
 
 
 def _check_n(n, op):
-    C.check(n >= 1, op, "n_terms must be >= 1, got ", n)
+    C.check(1 <= n <= MAX_TERMS, op, "n_terms must be in [1, ", MAX_TERMS, "], got ", n)
 
 
 def _check_jacobian(J, op):

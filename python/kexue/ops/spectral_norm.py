@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kexue.ops import _checks as C
-from kexue.ops._common import acc_dtype
+from kexue.ops._common import acc_dtype, check_int, check_real
 
 MODES = ("soft", "exact")
 Tensor = torch.Tensor
@@ -39,19 +39,13 @@ def _check_vectors(W: Tensor, u: Tensor, v: Tensor, op: str, idx: str = "") -> N
 
 
 def _check_iter(n_iter: int, eps: float, op: str) -> Tuple[int, float]:
-    if int(n_iter) != n_iter or n_iter < 1:
-        raise ValueError(f"kexue.ops.{op}: n_iter must be an integer >= 1, got {n_iter!r}")
-    if not eps >= 0:
-        raise ValueError(f"kexue.ops.{op}: eps must be non-negative, got {eps!r}")
-    return int(n_iter), float(eps)
+    return check_int(n_iter, "n_iter", f"kexue.ops.{op}"), check_real(eps, "eps", f"kexue.ops.{op}", nonnegative=True)
 
 
 def _check_mode(coeff: float, mode: str, op: str) -> Tuple[float, bool]:
     if mode not in MODES:
         raise ValueError(f"kexue.ops.{op}: mode must be one of {MODES}, got {mode!r}")
-    if not coeff > 0:
-        raise ValueError(f"kexue.ops.{op}: coeff must be positive, got {coeff!r}")
-    return float(coeff), mode == "exact"
+    return check_real(coeff, "coeff", f"kexue.ops.{op}", positive=True), mode == "exact"
 
 
 def spectral_norm_power_iteration(W: Tensor, u: Tensor, v: Tensor, n_iter: int = 1,
@@ -142,6 +136,11 @@ def _check_triplet(W, u, v, op, idx=None):
             "] (the columns of ", Wn, " ", C.sizes(W), "), got ", C.sizes(v))
 
 
+def _check_writable(t, name, op):
+    C.check(torch._debug_has_internal_overlap(t) != 1, op, name,
+            " is updated in place and must not have internally overlapping memory (e.g. stride 0 from expand)")
+
+
 def _check_iteration(n_iter, eps, op):
     C.check(n_iter >= 1, op, "n_iter must be at least 1, got ", n_iter)
     C.check(math.isfinite(eps) and eps >= 0, op, "eps must be finite and non-negative, got ", C.num(eps))
@@ -155,6 +154,8 @@ def _check_coeff(coeff, op):
 def _power_iteration_fake(W, u, v, n_iter, eps):
     _check_triplet(W, u, v, _POWER)
     _check_iteration(n_iter, eps, _POWER)
+    _check_writable(u, "u", _POWER)
+    _check_writable(v, "v", _POWER)
     return W.new_empty((), dtype=acc_dtype(W.dtype))
 
 
@@ -169,6 +170,8 @@ def _power_iteration_grouped_fake(Ws, us, vs, n_iter, eps):
         _check_triplet(W, u, v, _GROUPED, w)
         if w > 0:
             C.like(Ws[0], "Ws[0]", W, _GROUPED, f"Ws[{w}]")
+        _check_writable(u, f"us[{w}]", _GROUPED)
+        _check_writable(v, f"vs[{w}]", _GROUPED)
     return Ws[0].new_empty((len(Ws),), dtype=acc_dtype(Ws[0].dtype))
 
 
