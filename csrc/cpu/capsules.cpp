@@ -48,12 +48,7 @@ void row_dots(const T* u, const A* x, A* out, bool accumulate, int64_t n_in, int
 }
 
 template <typename A> void squash_rows(const A* s, A* v, int64_t n_out, int64_t dim, A k) {
-  for (int64_t j = 0; j < n_out; ++j) {
-    A q = A(0);
-    for (int64_t d = 0; d < dim; ++d) q += s[j * dim + d] * s[j * dim + d];
-    const A f = caps::squash_factor(q, k);
-    for (int64_t d = 0; d < dim; ++d) v[j * dim + d] = f * s[j * dim + d];
-  }
+  for (int64_t j = 0; j < n_out; ++j) caps::squash_row(s + j * dim, v + j * dim, dim, k);
 }
 
 template <typename A>

@@ -22,45 +22,90 @@ namespace caps {
 
 enum class Squash : int { Sabour = 0, Post = 1 };
 
-// eps under the square root of |s|: s = 0 gives v = 0 and a finite gradient.
-constexpr double kSquashEps = 1e-12;
+// e = sqrt(eps), eps = 1e-12 (python SQUASH_EPS) under the square root of |s|: s = 0 gives v = 0
+// and a finite gradient. Kept as its root so that n² + eps = e²(1 + (n/e)²) needs no n².
+constexpr double kSquashEpsRoot = 1e-6;
 
 template <typename A> KX_HOST_DEVICE A squash_k(Squash sq) {
   return sq == Squash::Post ? A(0.5) : A(1);
 }
 
-// v = f(q)·s with q = |s|²: f(q) = q / ((k + q)·sqrt(q + eps)).
-template <typename A> KX_HOST_DEVICE A squash_factor(A q, A k) {
-  return q / ((k + q) * sqrt_(q + A(kSquashEps)));
-}
-
-// f'(q) = (k(q + eps) - q(k + q)/2) / ((k + q)² (q + eps)^{3/2}), finite at q = 0.
-template <typename A> KX_HOST_DEVICE A squash_factor_deriv(A q, A k) {
-  const A qe = q + A(kSquashEps), kq = k + q;
-  return (k * qe - A(0.5) * q * kq) / (kq * kq * qe * sqrt_(qe));
-}
-
-// The Jacobian of squash is symmetric (f I + 2 f' s sᵀ), so its vjp is its jvp:
-//   gs = f(q)·g + 2 f'(q)·(s·g)·s. Returns the two coefficients (of g and of s).
-template <typename A> struct SquashVjp {
-  A cg, cs;
+// squash(s) = f(n)·s for the length n = |s|, with f(n) = n/(k + n²) · n/sqrt(n² + eps).
+// Its Jacobian f I + n f'(n) ŝŝᵀ has the eigenvalue f across ŝ = s/n and h'(n) = f·rho along it
+// (h = f·n = |v|), where rho = d log h / d log n = 2k/(k + n²) + eps/(n² + eps).
+// Everything comes from n without forming q = n²: in fp32 q overflows from n ~ 2e19 and is
+// subnormal below n ~ 1e-19, and the textbook f'(q) subtracts nearly equal terms once k + q rounds
+// to q (n ≳ 4e3), which loses the radial eigenvalue h' ~ 2k/n³. Here every quantity is a product
+// and quotient of positive terms: a few ulps over the whole range.
+template <typename A> struct SquashCoeffs {
+  A m;    // max_d |s_d| (1 for s = 0): the capsule is scaled as s/m, whose entries are <= 1
+  A r;    // |s/m|, in [1, sqrt(dim)], so that n = m·r and ŝ = (s/m)/r
+  A f;    // v = f·s
+  A rho;  // the radial eigenvalue over f
 };
-template <typename A> KX_HOST_DEVICE SquashVjp<A> squash_vjp_coeffs(A q, A s_dot_g, A k) {
-  SquashVjp<A> r;
-  r.cg = squash_factor(q, k);
-  r.cs = A(2) * squash_factor_deriv(q, k) * s_dot_g;
-  return r;
+
+template <typename A> KX_HOST_DEVICE SquashCoeffs<A> squash_coeffs(const A* s, int64_t dim, A k) {
+  SquashCoeffs<A> c;
+  A m = A(0);
+  for (int64_t d = 0; d < dim; ++d) {
+    const A a = kx::abs(s[d]);
+    m = a > m ? a : m;
+  }
+  if (!(m > A(0))) {  // s = 0: v = 0 and gs = f(0)·g = 0; NaN entries still reach v and gs
+    c.m = c.r = c.rho = A(1);
+    c.f = A(0);
+    return c;
+  }
+  A ss = A(0);  // Σ (s_d/m)² in [1, dim]: cannot overflow or underflow
+  for (int64_t d = 0; d < dim; ++d) {
+    const A x = s[d] / m;
+    ss += x * x;
+  }
+  c.m = m;
+  c.r = sqrt_(ss);
+  const A n = m * c.r;  // overflows only past the type's range; then f = 0 and rho = 0 (the limits)
+  // over = n/(k + n²) and comp = k/(k + n²), with the small one of n²/k, k/n² as the variable.
+  A over, comp;
+  if (n <= A(1)) {
+    const A x = n * n / k;
+    over = n / k / (A(1) + x);
+    comp = A(1) / (A(1) + x);
+  } else {
+    const A y = k / n / n;
+    over = A(1) / n / (A(1) + y);
+    comp = y / (A(1) + y);
+  }
+  // n/sqrt(n² + eps) and e/sqrt(n² + eps), with the small one of n/e, e/n as the variable.
+  const A e = A(kSquashEpsRoot);
+  A n_r, e_r;
+  if (n >= e) {
+    const A t = e / n, w = sqrt_(A(1) + t * t);
+    n_r = A(1) / w;
+    e_r = t / w;
+  } else {
+    const A t = n / e, w = sqrt_(A(1) + t * t);
+    n_r = t / w;
+    e_r = A(1) / w;
+  }
+  c.f = over * n_r;
+  c.rho = A(2) * comp + e_r * e_r;
+  return c;
 }
 
-// gs = (d squash(s)/ds)ᵀ·g for one capsule of dim entries.
+// v = squash(s) for one capsule of dim entries.
+template <typename A> KX_HOST_DEVICE void squash_row(const A* s, A* v, int64_t dim, A k) {
+  const A f = squash_coeffs(s, dim, k).f;
+  for (int64_t d = 0; d < dim; ++d) v[d] = f * s[d];
+}
+
+// gs = (d squash(s)/ds)ᵀ·g for one capsule (the Jacobian is symmetric):
+//   gs = f·g + f·(rho - 1)·(ŝ·g)·ŝ, with ŝ = (s/m)/r, so no term exceeds |g|·max(f, f·rho).
 template <typename A> KX_HOST_DEVICE void squash_vjp_row(const A* s, const A* g, A* gs, int64_t dim, A k) {
-  A q = A(0), sg = A(0);
-  for (int64_t d = 0; d < dim; ++d) {
-    q += s[d] * s[d];
-    sg += s[d] * g[d];
-  }
-  const SquashVjp<A> co = squash_vjp_coeffs(q, sg, k);
-  for (int64_t d = 0; d < dim; ++d) gs[d] = co.cg * g[d] + co.cs * s[d];
+  const SquashCoeffs<A> c = squash_coeffs(s, dim, k);
+  A sg = A(0);
+  for (int64_t d = 0; d < dim; ++d) sg += s[d] / c.m * g[d];
+  const A cs = c.f * (c.rho - A(1)) * (sg / c.r / c.r);
+  for (int64_t d = 0; d < dim; ++d) gs[d] = c.f * g[d] + cs * (s[d] / c.m);
 }
 
 // out[j] = softmax(in)[j] over n entries (max-subtracted). in and out may alias.

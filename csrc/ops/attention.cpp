@@ -180,6 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_attention_backward(
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == p.a.B && lse.size(1) == p.a.H && lse.size(2) == p.a.Lq &&
                   lse.scalar_type() == acc_dtype(q.scalar_type()),
               op, ": lse must be the forward's [B, H, Lq] log-sum-exp");
+  TORCH_CHECK(lse.device() == q.device(), op, ": lse must be on ", q.device(), " like q, got ", lse.device());
   const at::Tensor g = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
   at::Tensor gq = empty_output(p.q), gk = empty_output(p.k), gv = empty_output(p.v);
   attn::GradArgs ga{};

@@ -73,6 +73,7 @@ at::Tensor logdet_power_series_backward(const at::Tensor& grad, const at::Tensor
   const at::Tensor J = check_jacobian(J_in, op);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == J.size(0), op, ": grad must have shape [",
               J.size(0), "], got ", grad.sizes());
+  TORCH_CHECK(grad.device() == J.device(), op, ": grad must be on ", J.device(), " like J, got ", grad.device());
   const int64_t m = (n + 1) / 2;
   const auto p = powers(J, m);
   const int64_t blocks = (n + m - 1) / m;
@@ -198,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> iresnet_mlp_logdet_ba
   const Mlp m = prepare_mlp(x, W1, b1, W2, std::nullopt, v, activation, op);
   const int64_t B = x.size(0), D = x.size(1), H = W1.size(0);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == B, op, ": grad must have shape [", B, "], got ", grad.sizes());
+  TORCH_CHECK(grad.device() == x.device(), op, ": grad must be on ", x.device(), " like x, got ", grad.device());
   const at::Tensor g = grad.to(m.x.scalar_type()).view({1, B, 1});
 
   std::vector<double> coeff(n * n, 0.0);

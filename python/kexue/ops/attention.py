@@ -220,6 +220,7 @@ def _rope_attention_backward_fake(grad_out, q, k, v, out, lse, inv_freq, rope_sc
             C.sizes(q))
     C.check(lse.dim() == 3 and lse.shape == q.shape[:3] and lse.dtype == acc_dtype(q.dtype), op,
             "lse must be the forward's [B, H, Lq] log-sum-exp")
+    C.check(lse.device == q.device, op, "lse must be on ", q.device, " like q, got ", lse.device)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

@@ -94,6 +94,7 @@ def _series_backward_fake(grad, J, n_terms):
     _check_jacobian(J, op)
     C.check(grad.dim() == 1 and grad.shape[0] == J.shape[0], op, "grad must have shape [", J.shape[0], "], got ",
             C.sizes(grad))
+    C.check(grad.device == J.device, op, "grad must be on ", J.device, " like J, got ", grad.device)
     return J.new_empty(J.shape)
 
 
@@ -112,6 +113,7 @@ def _mlp_backward_fake(grad, x, W1, b1, W2, v, n_terms, activation, output_mask)
     _check_mlp(x, W1, b1, W2, None, v, activation, op)
     C.check(grad.dim() == 1 and grad.shape[0] == x.shape[0], op, "grad must have shape [", x.shape[0], "], got ",
             C.sizes(grad))
+    C.check(grad.device == x.device, op, "grad must be on ", x.device, " like x, got ", grad.device)
     return (empty_grad(x, output_mask[0]), empty_grad(W1, output_mask[1]), empty_grad(b1, output_mask[2]),
             empty_grad(W2, output_mask[3]))
 
