@@ -2,13 +2,14 @@
 //
 // Power iteration: one pass over W per iteration. Each task owns a fixed block of rows of one
 // weight; for every row it forms t_i = W_i·v and, with the row still in cache, adds t_i·W_i to the
-// task's partial y = W^T t. The partials are then added in task order and the norms taken in
-// double (csrc/kexue/spectral_norm.h has the algebra). The split depends only on the shapes, so
-// results are bitwise the same for any thread count, and a grouped call equals the single calls.
+// task's partial y = W^T t, kept scaled by a power of two 2^-E_k (E_k: the binade of the task's
+// largest |t_i|). The partials are then brought to the weight's common scale and added in task
+// order, and the norms taken in double, scaled the same way (csrc/kexue/spectral_norm.h has the
+// algebra and why). The split depends only on the shapes, so results are bitwise the same for any
+// thread count, and a grouped call equals the single calls.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -72,6 +73,7 @@ template <typename T> void power_iteration_impl(const sn::PowerArgs& a) {
     v_off[w + 1] = v_off[w] + e.cols;
   }
   std::vector<A> t(t_off[n]), part(p_off[n]), vacc(v_off[n]);
+  std::vector<int> part_exp(task0[n]);  // E_k of each task's partial
   for (int64_t w = 0; w < n; ++w)
     to_acc<T>(a.entries[w].v, vacc.data() + v_off[w], a.entries[w].cols);
   const A eps = static_cast<A>(a.eps);
@@ -86,33 +88,37 @@ template <typename T> void power_iteration_impl(const sn::PowerArgs& a) {
         const int64_t r0 = std::min(e.rows, k * rpt), r1 = std::min(e.rows, r0 + rpt);
         L.fused_rows(static_cast<const char*>(e.W) + r0 * e.cols * es, r1 - r0, e.cols,
                      vacc.data() + v_off[w], t.data() + t_off[w] + r0,
-                     part.data() + p_off[w] + k * e.cols);
+                     part.data() + p_off[w] + k * e.cols, part_exp.data() + task);
       }
     });
-    // Per weight: y = Σ partials (task order), then u, v and sigma.
+    // Per weight: u from t; y = Σ partials at the scale 2^-E of the largest |t_i| (task order);
+    // then w = W^T u, v and sigma.
     const bool last = it + 1 == a.n_iter;
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
       for (int64_t w = begin; w < end; ++w) {
         const sn::Entry& e = a.entries[w];
         const int64_t k = task0[w + 1] - task0[w], R = e.rows, C = e.cols;
-        A* y = part.data() + p_off[w];
-        for (int64_t c = 1; c < k; ++c) {
-          const A* p = y + c * C;
-#pragma omp simd
-          for (int64_t j = 0; j < C; ++j) y[j] += p[j];
-        }
         const A* tw = t.data() + t_off[w];
-        double ss = 0.0;
-        for (int64_t i = 0; i < R; ++i) ss += static_cast<double>(tw[i]) * tw[i];
-        const A d1 = sn::divisor(static_cast<A>(std::sqrt(ss)), eps);
+        const A d1 = sn::divisor(static_cast<A>(sn::scaled_norm<double>(tw, R)), eps);
         T* u = static_cast<T*>(e.u);
         for (int64_t i = 0; i < R; ++i) u[i] = static_cast<T>(tw[i] / d1);
-        ss = 0.0;
-        for (int64_t j = 0; j < C; ++j) {
-          y[j] = y[j] / d1;  // w = W^T u
-          ss += static_cast<double>(y[j]) * y[j];
+        // The tasks' E_k: their largest is E, the binade of max |t_i|.
+        const int* pe = part_exp.data() + task0[w];
+        int E = pe[0];
+        for (int64_t c = 1; c < k; ++c) E = pe[c] > E ? pe[c] : E;
+        A* y = part.data() + p_off[w];
+        const A r0 = sn::ldexp_(A(1), pe[0] - E);
+#pragma omp simd
+        for (int64_t j = 0; j < C; ++j) y[j] *= r0;
+        for (int64_t c = 1; c < k; ++c) {
+          const A* p = y + c * C;
+          const A rc = sn::ldexp_(A(1), pe[c] - E);
+#pragma omp simd
+          for (int64_t j = 0; j < C; ++j) y[j] += p[j] * rc;
         }
-        const A wn = static_cast<A>(std::sqrt(ss));
+        const A d1_scaled = sn::ldexp_(d1, -E);  // y/d1_scaled = (W^T t)/d1 = W^T u
+        for (int64_t j = 0; j < C; ++j) y[j] = y[j] / d1_scaled;
+        const A wn = static_cast<A>(sn::scaled_norm<double>(y, C));
         const A d2 = sn::divisor(wn, eps);
         T* v = static_cast<T*>(e.v);
         A* vw = vacc.data() + v_off[w];

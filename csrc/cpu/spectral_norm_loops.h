@@ -13,8 +13,10 @@ namespace snloops {
 
 // All vectors (v, t, y, e, bu) are in the accumulation type acc_t<T>; W, G, out are T.
 struct Loops {
-  // t[i] = W_i·v for the block's rows; y = Σ_i t[i]·W_i (y is overwritten).
-  void (*fused_rows)(const void* W, int64_t rows, int64_t cols, const void* v, void* t, void* y);
+  // t[i] = W_i·v for the block's rows; y = 2^-E·Σ_i t[i]·W_i with 2^E the binade of max_i |t[i]|
+  // (sn::scale_exponent), E stored at *y_exp (y is overwritten).
+  void (*fused_rows)(const void* W, int64_t rows, int64_t cols, const void* v, void* t, void* y,
+                     int* y_exp);
   // t[i] = W_i·v.
   void (*dot_rows)(const void* W, int64_t rows, int64_t cols, const void* v, void* t);
   // t[i] = W_i·v and e[i] = G_i·W_i, reading W and G once.
@@ -27,14 +29,34 @@ struct Loops {
                      const void* bu, const void* v);
 };
 
-// t[i] = W_i·v, and with WithY also y = Σ_i t[i]·W_i while the four rows are in cache.
+// t[i] = W_i·v, and with WithY also y = 2^-E·Σ_i t[i]·W_i while the four rows are in cache.
+// Σ t_i W_i is ~sigma^2 and overflows fp32 from sigma ~ 2e19, so the rows are added as
+// (t_i·2^-E)·W_i with E the running binade of max |t_i| (|t_i·2^-E| < 2); when a block of rows
+// raises E, the y so far is rescaled by 2^(E_old - E_new). Powers of two scale exactly, so y is
+// the unscaled sum's bits times 2^-E wherever that sum stays a normal number.
 template <typename T, bool WithY>
-static void rows_times_v(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp, void* yp) {
+static void rows_times_v(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp, void* yp,
+                         int* y_exp) {
   using A = acc_t<T>;
   const T* __restrict__ W = static_cast<const T*>(Wp);
   const A* __restrict__ v = static_cast<const A*>(vp);
   A* __restrict__ t = static_cast<A*>(tp);
   A* __restrict__ y = static_cast<A*>(yp);
+  int E = sn::ExpRange<A>::lo;
+  A down = A(0), up = A(0);  // 2^-E and 2^(E+1), set by the first block of rows
+  // Admits a block of rows starting at row i whose largest |t| is m.
+  auto admit = [&](int64_t i, A m) {
+    if (i > 0 && !(m >= up)) return;  // (a NaN m changes nothing: it reaches y through the sums)
+    const int e = sn::scale_exponent(m);
+    if (i > 0) {
+      const A r = sn::ldexp_(A(1), E - e);
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) y[j] *= r;
+    }
+    E = e;
+    down = sn::ldexp_(A(1), -e);
+    up = sn::ldexp_(A(1), e + 1);
+  };
   if (WithY) {
 #pragma omp simd
     for (int64_t j = 0; j < cols; ++j) y[j] = A(0);
@@ -59,10 +81,14 @@ static void rows_times_v(const void* Wp, int64_t rows, int64_t cols, const void*
     t[i + 2] = s2;
     t[i + 3] = s3;
     if (WithY) {
+      const A a0 = kx::abs(s0), a1 = kx::abs(s1), a2 = kx::abs(s2), a3 = kx::abs(s3);
+      const A m01 = a1 > a0 ? a1 : a0, m23 = a3 > a2 ? a3 : a2;
+      admit(i, m23 > m01 ? m23 : m01);
+      const A c0 = s0 * down, c1 = s1 * down, c2 = s2 * down, c3 = s3 * down;
 #pragma omp simd
       for (int64_t j = 0; j < cols; ++j)
-        y[j] += (s0 * static_cast<A>(w0[j]) + s1 * static_cast<A>(w1[j])) +
-                (s2 * static_cast<A>(w2[j]) + s3 * static_cast<A>(w3[j]));
+        y[j] += (c0 * static_cast<A>(w0[j]) + c1 * static_cast<A>(w1[j])) +
+                (c2 * static_cast<A>(w2[j]) + c3 * static_cast<A>(w3[j]));
     }
   }
   for (; i < rows; ++i) {
@@ -72,14 +98,17 @@ static void rows_times_v(const void* Wp, int64_t rows, int64_t cols, const void*
     for (int64_t j = 0; j < cols; ++j) s0 += static_cast<A>(w0[j]) * v[j];
     t[i] = s0;
     if (WithY) {
+      admit(i, kx::abs(s0));
+      const A c0 = s0 * down;
 #pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) y[j] += s0 * static_cast<A>(w0[j]);
+      for (int64_t j = 0; j < cols; ++j) y[j] += c0 * static_cast<A>(w0[j]);
     }
   }
+  if (WithY) *y_exp = E;
 }
 
 template <typename T> static void dot_rows(const void* Wp, int64_t rows, int64_t cols, const void* vp, void* tp) {
-  rows_times_v<T, false>(Wp, rows, cols, vp, tp, nullptr);
+  rows_times_v<T, false>(Wp, rows, cols, vp, tp, nullptr, nullptr);
 }
 
 template <typename T>

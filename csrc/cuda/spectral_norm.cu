@@ -5,9 +5,13 @@
 // by task index; a single weight is passed by value instead):
 //   1. rowdot:  one warp per row, t_i = W_i·v (coalesced along the row, shuffle reduction);
 //   2. colsum:  one block per (weight, slice of rows, tile of 256 columns): thread j adds
-//               t_i·W_ij over the slice's rows (coalesced over columns), one partial per slice;
-//   3. finish:  one block per weight: adds the slices in order, |t|, u, w = W^T u, |w|, v, sigma.
-// Every sum runs in a fixed order: no atomics, bitwise reproducible.
+//               (t_i·2^-e)·W_ij over the slice's rows (coalesced over columns), one partial per
+//               slice, 2^e the binade of the slice's largest |t_i|;
+//   3. finish:  one block per weight: |t|, u, the slices brought to the scale of the largest |t_i|
+//               (their exponents recomputed from t) and added in order, w = W^T u, |w|, v, sigma.
+// Norms and W^T t are scaled by powers of two so that nothing overflows or underflows where sigma
+// fits the type (csrc/kexue/spectral_norm.h). Every sum and max runs in a fixed order: no atomics,
+// bitwise reproducible.
 #include <algorithm>
 
 #include "cuda/common.cuh"
@@ -30,6 +34,19 @@ __device__ __forceinline__ double dsqrt(double x) { return sqrt(x); }
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   return v;
+}
+
+// Max over the block (launched with kThreads threads), in every thread. max drops a NaN, which
+// reaches the results through the sums instead.
+template <typename A> __device__ __forceinline__ A block_max(A v) {
+  KX_STATIC_SHARED(A, warp_max, [kWarps]);
+  v = warp_allmax(v);
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
+  __syncthreads();
+  A m = warp_max[0];
+  for (int w = 1; w < kWarps; ++w) m = max(m, warp_max[w]);
+  __syncthreads();  // warp_max may be reused by the caller's next block_max
+  return m;
 }
 
 // The weight owning task `task`, where first(e) is the first task of entry e (ascending).
@@ -77,14 +94,18 @@ __global__ void __launch_bounds__(kThreads)
                         : single;
   const int64_t local = task - e.col_task0;
   const int64_t slice = local / e.col_tiles, tile = local % e.col_tiles;
+  const int64_t r0 = slice * e.rows_per_slice, r1 = min(e.rows, r0 + e.rows_per_slice);
+  const A* tw = t + e.t_off;
+  // The slice's scale: finish_kernel recomputes the same exponent from t to undo it.
+  A m = A(0);
+  for (int64_t i = r0 + threadIdx.x; i < r1; i += kThreads) m = max(m, kx::abs(tw[i]));
+  const A down = sn::ldexp_(A(1), -sn::scale_exponent(block_max(m)));
   const int64_t j = tile * kThreads + threadIdx.x;
   if (j >= e.cols) return;
-  const int64_t r0 = slice * e.rows_per_slice, r1 = min(e.rows, r0 + e.rows_per_slice);
   const T* w = static_cast<const T*>(e.W) + j;
-  const A* tw = t + e.t_off;
   A s = A(0);
 #pragma unroll 4
-  for (int64_t i = r0; i < r1; ++i) s += tw[i] * load<A>(w + i * e.cols);
+  for (int64_t i = r0; i < r1; ++i) s += (tw[i] * down) * load<A>(w + i * e.cols);
   part[e.part_off + slice * e.cols + j] = s;
 }
 
@@ -95,29 +116,54 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<T>;
   KX_STATIC_SHARED(A, d1_sh, );
   KX_STATIC_SHARED(A, wn_sh, );
+  KX_STATIC_SHARED(A, slice_scale, [kMaxSlices]);  // the planner makes at most kMaxSlices slices
   const Entry e = table ? table[blockIdx.x] : single;
   const A* tw = t + e.t_off;
   A* y = part + e.part_off;
   T* u = static_cast<T*>(e.u);
   T* v = static_cast<T*>(e.v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // |t| = 2^E·sqrt(Σ (t_i·2^-E)^2), 2^E the binade of the largest |t_i|.
+  A tmax = A(0);
+  for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) tmax = max(tmax, kx::abs(tw[i]));
+  const int E = sn::scale_exponent(block_max(tmax));
+  const A down = sn::ldexp_(A(1), -E);
   A ss = A(0);
-  for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) ss += tw[i] * tw[i];
+  for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) {
+    const A x = tw[i] * down;
+    ss += x * x;
+  }
   ss = block_sum(ss);
-  if (threadIdx.x == 0) d1_sh = sn::divisor(dsqrt(ss), eps);
+  if (threadIdx.x == 0) d1_sh = sn::divisor(sn::ldexp_(dsqrt(ss), E), eps);
+  // Slice k's partial is 2^-e_k·Σ t_i W_i (colsum_kernel): 2^(e_k - E) brings it to the scale 2^-E.
+  for (int64_t k = warp; k < e.slices; k += kWarps) {
+    const int64_t r0 = k * e.rows_per_slice, r1 = min(e.rows, r0 + e.rows_per_slice);
+    A m = A(0);
+    for (int64_t i = r0 + lane; i < r1; i += 32) m = max(m, kx::abs(tw[i]));
+    m = warp_allmax(m);
+    if (lane == 0) slice_scale[k] = sn::ldexp_(A(1), sn::scale_exponent(m) - E);
+  }
   __syncthreads();
-  const A d1 = d1_sh;
+  const A d1 = d1_sh, d1_scaled = sn::ldexp_(d1, -E);
   for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) store(u + i, tw[i] / d1);
-  // w = W^T u = (Σ_slices partial) / d1; each thread keeps its columns' w in slice 0's row.
-  A sw = A(0);
+  // w = W^T u = (2^-E·W^T t) / (2^-E·d1); each thread keeps its columns' w in slice 0's row.
+  A wmax = A(0);
   for (int64_t j = threadIdx.x; j < e.cols; j += kThreads) {
     A s = A(0);
-    for (int64_t k = 0; k < e.slices; ++k) s += y[k * e.cols + j];
-    s = s / d1;
+    for (int64_t k = 0; k < e.slices; ++k) s += y[k * e.cols + j] * slice_scale[k];
+    s = s / d1_scaled;
     y[j] = s;
-    sw += s * s;
+    wmax = max(wmax, kx::abs(s));
+  }
+  const int Ew = sn::scale_exponent(block_max(wmax));
+  const A down_w = sn::ldexp_(A(1), -Ew);
+  A sw = A(0);
+  for (int64_t j = threadIdx.x; j < e.cols; j += kThreads) {
+    const A x = y[j] * down_w;
+    sw += x * x;
   }
   sw = block_sum(sw);
-  if (threadIdx.x == 0) wn_sh = dsqrt(sw);
+  if (threadIdx.x == 0) wn_sh = sn::ldexp_(dsqrt(sw), Ew);
   __syncthreads();
   const A wn = wn_sh, d2 = sn::divisor(wn, eps);
   for (int64_t j = threadIdx.x; j < e.cols; j += kThreads) store(v + j, y[j] / d2);

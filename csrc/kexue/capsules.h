@@ -34,9 +34,10 @@ template <typename A> KX_HOST_DEVICE A squash_k(Squash sq) {
 // Its Jacobian f I + n f'(n) ŝŝᵀ has the eigenvalue f across ŝ = s/n and h'(n) = f·rho along it
 // (h = f·n = |v|), where rho = d log h / d log n = 2k/(k + n²) + eps/(n² + eps).
 // Everything comes from n without forming q = n²: in fp32 q overflows from n ~ 2e19 and is
-// subnormal below n ~ 1e-19, and the textbook f'(q) subtracts nearly equal terms once k + q rounds
-// to q (n ≳ 4e3), which loses the radial eigenvalue h' ~ 2k/n³. Here every quantity is a product
-// and quotient of positive terms: a few ulps over the whole range.
+// subnormal below n ~ 1e-19. And the textbook gs = f·g + 2f'(q)·(s·g)·s gets the radial
+// eigenvalue h' = f + 2q·f'(q) ~ 2k/n³ as the difference of two terms ~1/n, lost to rounding once
+// n² ≳ k/ulp (n ~ 4e3 in fp32; k + q then also rounds to q inside f'). Here f and rho are products
+// and quotients of positive terms: a few ulps over the whole range.
 template <typename A> struct SquashCoeffs {
   A m;    // max_d |s_d| (1 for s = 0): the capsule is scaled as s/m, whose entries are <= 1
   A r;    // |s/m|, in [1, sqrt(dim)], so that n = m·r and ŝ = (s/m)/r
@@ -98,14 +99,19 @@ template <typename A> KX_HOST_DEVICE void squash_row(const A* s, A* v, int64_t d
   for (int64_t d = 0; d < dim; ++d) v[d] = f * s[d];
 }
 
-// gs = (d squash(s)/ds)ᵀ·g for one capsule (the Jacobian is symmetric):
-//   gs = f·g + f·(rho - 1)·(ŝ·g)·ŝ, with ŝ = (s/m)/r, so no term exceeds |g|·max(f, f·rho).
+// gs = (d squash(s)/ds)ᵀ·g for one capsule (the Jacobian is symmetric): with g split along and
+// across ŝ = (s/m)/r, gs = f·(g - p·ŝ) + f·rho·p·ŝ, p = ŝ·g. Each part is scaled by its own
+// eigenvalue: f·g + f(rho - 1)·p·ŝ would cancel along ŝ once rho << 1 (|s|² >> k), losing the
+// radial part entirely (dim = 1, or g along s).
 template <typename A> KX_HOST_DEVICE void squash_vjp_row(const A* s, const A* g, A* gs, int64_t dim, A k) {
   const SquashCoeffs<A> c = squash_coeffs(s, dim, k);
-  A sg = A(0);
-  for (int64_t d = 0; d < dim; ++d) sg += s[d] / c.m * g[d];
-  const A cs = c.f * (c.rho - A(1)) * (sg / c.r / c.r);
-  for (int64_t d = 0; d < dim; ++d) gs[d] = c.f * g[d] + cs * (s[d] / c.m);
+  A p = A(0);
+  for (int64_t d = 0; d < dim; ++d) p += s[d] / c.m / c.r * g[d];
+  const A f_rho = c.f * c.rho;
+  for (int64_t d = 0; d < dim; ++d) {
+    const A g_par = p * (s[d] / c.m / c.r);
+    gs[d] = c.f * (g[d] - g_par) + f_rho * g_par;
+  }
 }
 
 // out[j] = softmax(in)[j] over n entries (max-subtracted). in and out may alias.

@@ -40,6 +40,7 @@ Operands prepare(const at::Tensor& x, const std::optional<at::Tensor>& s,
   check_device_supported(x, kOp);
   kx_dtype(x, kOp, "x");
   TORCH_CHECK(x.dim() >= 1, kOp, ": x must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(std::isfinite(clamp), kOp, ": clamp must be finite, got ", clamp);
   if (o.scale == coupling::Scale::Tanh)
     TORCH_CHECK(std::isfinite(clamp) && clamp > 0, kOp, ": clamp must be positive and finite for scale='tanh', got ",
                 clamp);

@@ -14,6 +14,12 @@ Noise: an explicit ``noise`` tensor, or Gaussian noise drawn inside the kernel b
 keyed from ``generator`` (the device's default generator when None): element i of a call is a
 pure function of (seed, offset, i) (csrc/kexue/philox.h; ``reference_philox_normals`` here), so
 a seeded generator reproduces a run on the same device and CUDA graph replays draw fresh noise.
+
+Gradients (guidance, distillation): the steps are differentiable in ``x_t``, ``eps``,
+``eps_next`` and an explicit ``noise`` tensor, and the x̂0 of ``return_x0`` has its gradient too
+(through the clip, which passes the gradient where x̂0 lies inside [−c, c]). The schedule and the
+coefficients (``alphas_cumprod``, ``alpha_bar*``) are not differentiable: one that requires grad
+is a ValueError. ``q_sample`` is differentiable in all three arguments.
 """
 from __future__ import annotations
 
@@ -63,6 +69,7 @@ def ddpm_step(x_t: Tensor, eps: Tensor, t: Union[Tensor, int], alphas_cumprod: T
     ``t`` is the 0-based step index into ``alphas_cumprod`` ([T]), an int or ``[batch]``.
     ``clip_x0=c`` clips the implied x̂0 = (x_t − √(1−ᾱ_t)·eps)/√ᾱ_t to [−c, c] and takes the
     posterior mean from it. ``return_x0`` also returns x̂0.
+    Differentiable in ``x_t``, ``eps`` and ``noise`` (both outputs), not in ``alphas_cumprod``.
     """
     out, x0 = torch.ops.kexue.ddpm_step(x_t, eps, _step_index(t), alphas_cumprod, noise, generator,
                                         variance, None if clip_x0 is None else float(clip_x0),
@@ -78,6 +85,7 @@ def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Union[Tensor, Number],
     ``√ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε + σ·z`` with
     σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev). η = 0 is deterministic; η = 1 with adjacent
     steps is DDPM with σ² = β̃. With ``clip_x0``, ε is re-derived from the clipped x̂0.
+    Differentiable in ``x_t``, ``eps`` and ``noise`` (both outputs), not in the ᾱ's.
     """
     out, x0 = torch.ops.kexue.ddim_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
                                         _per_sample(alpha_bar_prev, "alpha_bar_prev"), float(eta), noise,
@@ -90,7 +98,7 @@ def ode_euler_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Union[Tensor, Number],
                    alpha_bar_next: Union[Tensor, Number]) -> Tensor:
     """Euler step of the probability-flow ODE (Song et al. 2021) written in x̄ = x/√ᾱ and
     σ = √((1−ᾱ)/ᾱ), where it reads dx̄/dσ = ε(x, σ):  x̄' = x̄ + (σ' − σ)·eps. (It coincides
-    with DDIM at η = 0.)"""
+    with DDIM at η = 0.) Differentiable in ``x_t`` and ``eps``, not in the ᾱ's."""
     return torch.ops.kexue.ode_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
                                     _per_sample(alpha_bar_next, "alpha_bar_next"), None)
 
@@ -98,7 +106,9 @@ def ode_euler_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Union[Tensor, Number],
 def ode_heun_step(x_t: Tensor, eps: Tensor, eps_next: Tensor, alpha_bar_t: Union[Tensor, Number],
                   alpha_bar_next: Union[Tensor, Number]) -> Tensor:
     """Heun's (2nd order) step of the same ODE: ``eps_next`` is the model at the Euler point
-    ``ode_euler_step(x_t, eps, ...)``; the step uses the mean slope (eps + eps_next)/2."""
+    ``ode_euler_step(x_t, eps, ...)``; the step uses the mean slope (eps + eps_next)/2.
+    Differentiable in ``x_t``, ``eps`` and ``eps_next`` (taken as an input: the dependence of
+    eps_next on x_t goes through the model call that made it)."""
     return torch.ops.kexue.ode_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
                                     _per_sample(alpha_bar_next, "alpha_bar_next"), eps_next)
 
@@ -218,28 +228,45 @@ def reference_q_sample(x0: Tensor, noise: Tensor, alpha_bar) -> Tensor:
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
 
 
+def _div(num: Tensor, den: Tensor) -> Tensor:
+    """num/den, and 0 where den = 0. The denominators here are 1 − ᾱ_t and √(1−ᾱ_t), zero at
+    ᾱ_t = 1 where x_t = x0 holds no ε; the kernels take inv_s, q and β̃ as 0 there
+    (csrc/kexue/diffusion.h). The inner where keeps inf and NaN out of the values and the gradients."""
+    nonzero = den > 0
+    return torch.where(nonzero, num / torch.where(nonzero, den, 1.0), 0.0)
+
+
 def _x0_pred(x_t, eps, ab, clip_x0):
     x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
     return x0 if clip_x0 is None else x0.clamp(-clip_x0, clip_x0)
+
+
+def _ddpm_alpha_bars(t, alphas_cumprod: Tensor, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """ᾱ_t and ᾱ_{t−1} (1 at t = 0) as columns over x's samples, in x's acc dtype."""
+    sched = alphas_cumprod.to(device=x.device, dtype=acc_dtype(x.dtype))
+    t = torch.as_tensor(t, device=x.device).reshape(-1).long()
+    ab_prev = torch.where(t > 0, sched[(t - 1).clamp_min(0)], torch.ones_like(sched[t]))
+    return _column(sched[t], x), _column(ab_prev, x)
 
 
 def reference_ddpm_step(x_t: Tensor, eps: Tensor, t, alphas_cumprod: Tensor, noise: Tensor, *,
                         variance: str = "beta", clip_x0: Optional[float] = None) -> Tensor:
     acc = acc_dtype(x_t.dtype)
     x, e, z = x_t.to(acc), eps.to(acc), noise.to(acc)
-    sched = alphas_cumprod.to(device=x.device, dtype=acc)
-    t = torch.as_tensor(t, device=x.device).reshape(-1).long()
-    ab = _column(sched[t], x)
-    ab_prev = _column(torch.where(t > 0, sched[(t - 1).clamp_min(0)], torch.ones_like(sched[t])), x)
+    ab, ab_prev = _ddpm_alpha_bars(t, alphas_cumprod, x)
     alpha = ab / ab_prev
     beta = 1 - alpha
     if clip_x0 is None:
-        mean = (x - beta / (1 - ab).sqrt() * e) / alpha.sqrt()
-    else:  # posterior mean of q(x_{t−1} | x_t, x̂0), Ho et al. eq. 7
+        mean = (x - _div(beta, (1 - ab).sqrt()) * e) / alpha.sqrt()
+    else:  # posterior mean of q(x_{t−1} | x_t, x̂0), Ho et al. eq. 7; the kernels' √ᾱ_{t−1}·x̂0 at ᾱ_t = 1
         x0 = _x0_pred(x, e, ab, clip_x0)
-        mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x
-    var = beta if variance == "beta" else beta * (1 - ab_prev) / (1 - ab)
-    var = torch.where(_column(t, x) == 0, torch.zeros_like(var), var)
+        x0_coef = torch.where(ab < 1, _div(ab_prev.sqrt() * beta, 1 - ab), ab_prev.sqrt())
+        mean = x0_coef * x0 + _div(alpha.sqrt() * (1 - ab_prev), 1 - ab) * x
+    var = beta if variance == "beta" else _div(beta * (1 - ab_prev), 1 - ab)
+    # β < 0 only where ᾱ_t > ᾱ_{t−1} (a schedule that is not decreasing): no noise, as in the kernels
+    var = var.clamp_min(0)
+    t0 = _column(torch.as_tensor(t, device=x.device).reshape(-1), x) == 0
+    var = torch.where(t0, torch.zeros_like(var), var)
     return (mean + var.sqrt() * z).to(x_t.dtype)
 
 
@@ -249,9 +276,9 @@ def reference_ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t, alpha_bar_prev, *
     x, e = x_t.to(acc), eps.to(acc)
     ab, ab_prev = _column(alpha_bar_t, x), _column(alpha_bar_prev, x)
     x0 = _x0_pred(x, e, ab, clip_x0)
-    if clip_x0 is not None:
-        e = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp_min(0).sqrt()
+    if clip_x0 is not None:  # at ᾱ_t = 1, x_t holds no ε to re-derive: the kernels keep eps
+        e = torch.where(ab < 1, _div(x - ab.sqrt() * x0, (1 - ab).sqrt()), e)
+    sigma = eta * (_div(1 - ab_prev, 1 - ab) * (1 - ab / ab_prev)).clamp_min(0).sqrt()
     out = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp_min(0).sqrt() * e
     if eta > 0:
         out = out + sigma * noise.to(acc)
@@ -273,6 +300,119 @@ def reference_ode_heun_step(x_t: Tensor, eps: Tensor, eps_next: Tensor, alpha_ba
     acc = acc_dtype(x_t.dtype)
     mean = 0.5 * (eps.to(acc) + eps_next.to(acc))
     return reference_ode_euler_step(x_t.to(acc), mean, alpha_bar_t, alpha_bar_next).to(x_t.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd of the steps: the backward is the vector-Jacobian product of the reference step, so the
+# derivative has one source of truth, the textbook formula. A step is affine in x_t, eps, eps_next
+# and the noise, except for the clip of x̂0, whose mask depends only on x_t and eps; so the VJP at
+# the saved x_t and eps is exact, and the noise enters as zeros (its value does not change the
+# Jacobian, so it is not saved; its gradient is grad·σ). torch.func.vjp keeps the backward itself
+# differentiable (double backward) and traceable by AOT autograd. The second output x̂0 (with
+# return_x0) gets its gradient too, through the same x̂0 formula. Philox noise has no gradient.
+
+
+def _refuse_coefficient_grads(op: str, differentiable: str, **coefficients) -> None:
+    """The schedule and the coefficients are the sampler's settings, not the model's outputs: the
+    steps give them no gradient, and an error says so where a None would pass silently."""
+    for name, value in coefficients.items():
+        if value.requires_grad:
+            raise ValueError(f"{op}: {name} requires grad, but the step is differentiable only in "
+                             f"{differentiable}; the schedule and coefficients are not (detach {name})")
+
+
+def _needed(ctx, grads) -> tuple:
+    """The input gradients, None where autograd does not ask for one (or the input is not a tensor)."""
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+def _vjp(fn, primals, cotangents):
+    """The gradients of ``fn`` (plain torch) at ``primals`` against ``cotangents``."""
+    _, pullback = torch.func.vjp(fn, *primals)
+    return pullback(cotangents)
+
+
+def _step_x0(x_t: Tensor, eps: Tensor, ab: Tensor, clip_x0: Optional[float]) -> Tensor:
+    """The ops' second output x̂0 in plain torch (ab: ᾱ_t as a column in x_t's acc dtype)."""
+    acc = acc_dtype(x_t.dtype)
+    return _x0_pred(x_t.to(acc), eps.to(acc), ab, clip_x0).to(x_t.dtype)
+
+
+def _step_vjp(ctx, step, x0_of, primals, grad_out, grad_x0):
+    """The VJP of a sampling step's outputs: ``step(*primals)``, and ``x0_of(x_t, eps)`` when the
+    op returns x̂0 (otherwise its second output is an empty placeholder and grad_x0 is ignored)."""
+    if not ctx.return_x0:
+        return _vjp(step, primals, grad_out)
+    return _vjp(lambda *p: (step(*p), x0_of(p[0], p[1])), primals, (grad_out, grad_x0))
+
+
+def _ddpm_setup_context(ctx, inputs, output):
+    x_t, eps, t, alphas_cumprod, _noise, _generator, variance, clip_x0, return_x0 = inputs
+    _refuse_coefficient_grads("kexue.ddpm_step", "x_t, eps and noise", alphas_cumprod=alphas_cumprod)
+    ctx.save_for_backward(x_t, eps, t, alphas_cumprod)
+    ctx.variance, ctx.clip_x0, ctx.return_x0 = variance, clip_x0, return_x0
+
+
+def _ddpm_backward(ctx, grad_out, grad_x0):
+    x_t, eps, t, alphas_cumprod = ctx.saved_tensors
+
+    def step(x, e, z):
+        return reference_ddpm_step(x, e, t, alphas_cumprod, z, variance=ctx.variance, clip_x0=ctx.clip_x0)
+
+    def x0_of(x, e):
+        return _step_x0(x, e, _ddpm_alpha_bars(t, alphas_cumprod, x)[0], ctx.clip_x0)
+
+    gx, ge, gz = _step_vjp(ctx, step, x0_of, (x_t, eps, torch.zeros_like(x_t)), grad_out, grad_x0)
+    return _needed(ctx, (gx, ge, None, None, gz, None, None, None, None))
+
+
+def _ddim_setup_context(ctx, inputs, output):
+    x_t, eps, alpha_bar_t, alpha_bar_prev, eta, _noise, _generator, clip_x0, return_x0 = inputs
+    _refuse_coefficient_grads("kexue.ddim_step", "x_t, eps and noise", alpha_bar_t=alpha_bar_t,
+                              alpha_bar_prev=alpha_bar_prev)
+    ctx.save_for_backward(x_t, eps, alpha_bar_t, alpha_bar_prev)
+    ctx.eta, ctx.clip_x0, ctx.return_x0 = eta, clip_x0, return_x0
+
+
+def _ddim_backward(ctx, grad_out, grad_x0):
+    x_t, eps, alpha_bar_t, alpha_bar_prev = ctx.saved_tensors
+
+    def step(x, e, z):
+        return reference_ddim_step(x, e, alpha_bar_t, alpha_bar_prev, eta=ctx.eta, noise=z, clip_x0=ctx.clip_x0)
+
+    def x0_of(x, e):
+        return _step_x0(x, e, _column(alpha_bar_t, x), ctx.clip_x0)
+
+    gx, ge, gz = _step_vjp(ctx, step, x0_of, (x_t, eps, torch.zeros_like(x_t)), grad_out, grad_x0)
+    return _needed(ctx, (gx, ge, None, None, None, gz, None, None, None))
+
+
+def _ode_setup_context(ctx, inputs, output):
+    x_t, eps, alpha_bar_t, alpha_bar_next, eps_next = inputs
+    _refuse_coefficient_grads("kexue.ode_step", "x_t, eps and eps_next", alpha_bar_t=alpha_bar_t,
+                              alpha_bar_next=alpha_bar_next)
+    ctx.save_for_backward(x_t, eps, alpha_bar_t, alpha_bar_next, eps_next)
+
+
+def _ode_backward(ctx, grad_out):
+    x_t, eps, alpha_bar_t, alpha_bar_next, eps_next = ctx.saved_tensors
+    if eps_next is None:
+        def euler(x, e):
+            return reference_ode_euler_step(x, e, alpha_bar_t, alpha_bar_next)
+
+        gx, ge = _vjp(euler, (x_t, eps), grad_out)
+        return _needed(ctx, (gx, ge, None, None, None))
+
+    def heun(x, e, e_next):
+        return reference_ode_heun_step(x, e, e_next, alpha_bar_t, alpha_bar_next)
+
+    gx, ge, g_next = _vjp(heun, (x_t, eps, eps_next), grad_out)
+    return _needed(ctx, (gx, ge, None, None, g_next))
+
+
+torch.library.register_autograd("kexue::ddpm_step", _ddpm_backward, setup_context=_ddpm_setup_context)
+torch.library.register_autograd("kexue::ddim_step", _ddim_backward, setup_context=_ddim_setup_context)
+torch.library.register_autograd("kexue::ode_step", _ode_backward, setup_context=_ode_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
