@@ -197,7 +197,7 @@ def test_bad_inputs():
     u = torch.randn(2, 3, 4, 5)
     with pytest.raises(ValueError, match=r"u_hat must have shape \[B, N_in, N_out, D\]"):
         dynamic_routing(u[0])
-    with pytest.raises(ValueError, match="iterations must be >= 1"):
+    with pytest.raises(ValueError, match=r"iterations must be in \[1, 1000\]"):
         dynamic_routing(u, 0)
     with pytest.raises(ValueError, match="squash must be one of"):
         dynamic_routing(u, squash="hinton")

@@ -153,7 +153,7 @@ def test_bad_inputs():
     V, a, bu, ba = make_inputs(2, 5, 3, 16)
     with pytest.raises(ValueError, match=r"votes must have shape \[B, N_in, N_out, H\]"):
         em_routing(V[0], a, bu, ba)
-    with pytest.raises(ValueError, match="iterations must be >= 1"):
+    with pytest.raises(ValueError, match=r"iterations must be in \[1, 1000\]"):
         em_routing(V, a, bu, ba, 0)
     with pytest.raises(ValueError, match=r"a_in must have shape \[B, N_in\]"):
         em_routing(V, a[:, :4], bu, ba)

@@ -101,7 +101,7 @@ def test_nonsensical_scalars_are_refused():
     x = torch.randn(3, 4)
     with pytest.raises(ValueError, match="clamp must be a positive finite number"):
         coupling(x, x, x, scale="tanh", clamp=float("inf"))
-    with pytest.raises(RuntimeError, match="clamp must be positive and finite"):
+    with pytest.raises(RuntimeError, match="clamp must be finite"):
         torch.ops.kexue.coupling(x, x, x, None, "tanh", False, float("inf"))
     V, a = torch.randn(2, 5, 3, 4), torch.rand(2, 5)
     with pytest.raises(ValueError, match="eps must be a positive finite number"):
@@ -195,3 +195,31 @@ def test_actnorm_and_coupling_keep_gradients_for_every_input():
     z, ld2 = actnorm(y, b, ls)
     grads = torch.autograd.grad(z.sum() + ld.sum() + ld2.sum(), (x, s, t, b, ls))
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_diffusion_scalars_and_schedules_refuse_nan_and_inf():
+    from kexue.ops import ddim_step, ddpm_step, q_sample
+
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="alpha_bar must be in"):
+        q_sample(x, x, torch.tensor([0.5, float("nan"), 0.5], dtype=torch.float64))
+    ac = torch.linspace(0.99, 0.1, 10, dtype=torch.float64)
+    ac[4] = float("nan")
+    with pytest.raises(RuntimeError, match="alphas_cumprod must lie in"):
+        ddpm_step(x, x, 3, ac)
+    with pytest.raises(RuntimeError, match="eta must be >= 0 and finite"):
+        ddim_step(x, x, 0.5, 0.6, eta=float("inf"), generator=torch.Generator())
+    with pytest.raises(RuntimeError, match="clip_x0 must be positive and finite"):
+        ddim_step(x, x, 0.5, 0.6, clip_x0=float("inf"))
+
+
+def test_iteration_counts_are_bounded():
+    u = torch.randn(2, 5, 3, 4)
+    with pytest.raises(ValueError, match=r"iterations must be in \[1, 1000\]"):
+        dynamic_routing(u, 2**40)
+    with pytest.raises(RuntimeError, match="iterations must be at most 1000"):
+        torch.ops.kexue.dynamic_routing(u, 2**40, "sabour", False)
+    with pytest.raises(RuntimeError, match="iterations must be at most 1000"):
+        torch.ops.kexue.em_routing(u, torch.rand(2, 5), torch.zeros(3), torch.zeros(3), 2**40, 0.01, 1e-6)
+    with pytest.raises(RuntimeError, match="n_iter must be at most 100000"):
+        torch.ops.kexue.spectral_norm_power_iteration(torch.randn(4, 3), torch.randn(4), torch.randn(3), 2**40, 1e-12)

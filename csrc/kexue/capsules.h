@@ -20,6 +20,9 @@
 namespace kx {
 namespace caps {
 
+// The largest iteration count the ops take (every iteration is kept for the backward).
+constexpr int64_t kMaxIterations = 1000;
+
 enum class Squash : int { Sabour = 0, Post = 1 };
 
 // e = sqrt(eps), eps = 1e-12 (python SQUASH_EPS) under the square root of |s|: s = 0 gives v = 0

@@ -26,6 +26,9 @@
 namespace kx {
 namespace em {
 
+// The largest iteration count the ops take (every iteration is kept for the backward).
+constexpr int64_t kMaxIterations = 1000;
+
 constexpr double kDenomEps = 1e-12;
 constexpr double kHalfLog2Pi = 0.91893853320467274178;
 

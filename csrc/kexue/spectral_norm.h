@@ -29,6 +29,9 @@
 namespace kx {
 namespace sn {
 
+// The largest iteration count the ops take (far beyond convergence; a bound keeps a typo from running for hours).
+constexpr int64_t kMaxIterations = 100000;
+
 // The divisor of a normalisation, like F.normalize: max(|x|, eps). The comparisons in this file
 // are written so that a NaN passes through, as it does through torch's clamp_min.
 template <typename A> KX_HOST_DEVICE A divisor(A norm, A eps) { return norm < eps ? eps : norm; }

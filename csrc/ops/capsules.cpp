@@ -28,6 +28,8 @@ void check_u_hat(const at::Tensor& u_hat, int64_t iterations, const char* op) {
   TORCH_CHECK(u_hat.dim() == 4, op, ": u_hat must have shape [B, N_in, N_out, D], got ",
               u_hat.dim(), "-d tensor of shape ", u_hat.sizes());
   TORCH_CHECK(iterations >= 1, op, ": iterations must be >= 1, got ", iterations);
+  TORCH_CHECK(iterations <= caps::kMaxIterations, op, ": iterations must be at most ", caps::kMaxIterations,
+              " (the backward keeps every iteration), got ", iterations);
 }
 
 // u: contiguous u_hat [B, N_in, N_out, D], already checked.

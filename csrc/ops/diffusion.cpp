@@ -1,5 +1,6 @@
 // Glue for the diffusion ops: kexue::q_sample (with autograd), kexue::ddpm_step,
-// kexue::ddim_step and kexue::ode_step (sampling only: no autograd).
+// kexue::ddim_step and kexue::ode_step (their autograd, in x_t, eps and the noise, is registered in
+// Python through the references: kexue/ops/diffusion.py).
 //
 // Per-sample scalars (ᾱ, t) come either as host numbers (a CPU tensor of one element: read here,
 // baked into the launch, which is what lets a CUDA graph capture a whole sampling loop with no
@@ -8,6 +9,7 @@
 #include <ATen/core/Generator.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
 
@@ -65,7 +67,8 @@ diff::PerSample per_sample(const at::Tensor& t, const at::Tensor& x, const char*
   keep = t.reshape({-1}).to(at::kDouble).contiguous();
   if (keep.is_cpu()) {
     const at::Tensor& d = keep;
-    TORCH_CHECK(!(allow_zero ? (d < 0) : (d <= 0)).logical_or(d > 1).any().item<bool>(), op, ": ", name,
+    // written as "not inside the range", so that NaN (which compares false) is refused too
+    TORCH_CHECK(((allow_zero ? (d >= 0) : (d > 0)) & (d <= 1)).all().item<bool>(), op, ": ", name,
                 " must be in ", allow_zero ? "[0, 1]" : "(0, 1]", ", got values from ", d.min().item<double>(),
                 " to ", d.max().item<double>());
   }
@@ -99,7 +102,7 @@ void ddpm_time(diff::StepArgs& a, const at::Tensor& t, const at::Tensor& schedul
   keep_schedule = schedule.to(at::kDouble).contiguous();
   if (keep_schedule.is_cpu()) {
     const at::Tensor& d = keep_schedule;
-    TORCH_CHECK(!((d <= 0) | (d > 1)).any().item<bool>(), op,
+    TORCH_CHECK(((d > 0) & (d <= 1)).all().item<bool>(), op,
                 ": alphas_cumprod must lie in (0, 1], got values from ", d.min().item<double>(), " to ",
                 d.max().item<double>());
   }
@@ -163,7 +166,8 @@ void noise_source(diff::StepArgs& a, const at::Tensor& x, const std::optional<at
 }
 
 void check_clip(const std::optional<double>& clip, const char* op) {
-  TORCH_CHECK(!clip.has_value() || *clip > 0.0, op, ": clip_x0 must be positive, got ", clip.value_or(0.0));
+  TORCH_CHECK(!clip.has_value() || (std::isfinite(*clip) && *clip > 0.0), op, ": clip_x0 must be positive and finite, got ",
+              clip.value_or(0.0));
 }
 
 // Output and launch shared by every step op.
@@ -223,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> ddim_step(const at::Tensor& x_t, const at::Te
   constexpr const char* op = "kexue.ddim_step";
   const Shape shape = check_pair(x_t, "x_t", eps, "eps", op);
   check_clip(clip_x0, op);
-  TORCH_CHECK(eta >= 0.0, op, ": eta must be >= 0, got ", eta);
+  TORCH_CHECK(std::isfinite(eta) && eta >= 0.0, op, ": eta must be >= 0 and finite, got ", eta);
   diff::StepArgs a{};
   a.rule = diff::Rule::DDIM;
   a.eta = eta;

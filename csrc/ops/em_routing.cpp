@@ -28,6 +28,8 @@ Shape check_inputs(const at::Tensor& votes, const at::Tensor& a_in, const at::Te
   TORCH_CHECK(votes.dim() == 4, op, ": votes must have shape [B, N_in, N_out, H], got ",
               votes.dim(), "-d tensor of shape ", votes.sizes());
   TORCH_CHECK(iterations >= 1, op, ": iterations must be >= 1, got ", iterations);
+  TORCH_CHECK(iterations <= em::kMaxIterations, op, ": iterations must be at most ", em::kMaxIterations,
+              " (the backward keeps every iteration), got ", iterations);
   TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be positive and finite, got ", eps);
   TORCH_CHECK(std::isfinite(final_lambda) && final_lambda >= 0, op,
               ": final_lambda must be non-negative and finite, got ", final_lambda);

@@ -116,6 +116,7 @@ void run_power_iteration(at::TensorList Ws, at::TensorList us, at::TensorList vs
 
 void check_iteration_args(int64_t n_iter, double eps, const char* op) {
   TORCH_CHECK(n_iter >= 1, op, ": n_iter must be at least 1, got ", n_iter);
+  TORCH_CHECK(n_iter <= sn::kMaxIterations, op, ": n_iter must be at most ", sn::kMaxIterations, ", got ", n_iter);
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and non-negative, got ",
               eps);
 }

@@ -20,6 +20,7 @@ import torch
 from kexue.ops import _checks as C
 from kexue.ops._common import check_int
 
+MAX_ITERATIONS = 1000  # csrc/kexue/capsules.h's kMaxIterations
 SQUASHES = {"sabour": 1.0, "post": 0.5}
 SQUASH_EPS = 1e-12
 Tensor = torch.Tensor
@@ -31,7 +32,7 @@ def _check_args(u_hat: Tensor, iterations: int, squash: str) -> None:
     if squash not in SQUASHES:
         raise ValueError(
             f"kexue.ops.dynamic_routing: squash must be one of {tuple(SQUASHES)}, got {squash!r}")
-    check_int(iterations, "iterations", "kexue.ops.dynamic_routing")
+    check_int(iterations, "iterations", "kexue.ops.dynamic_routing", maximum=MAX_ITERATIONS)
     if u_hat.dim() != 4:
         raise ValueError(
             "kexue.ops.dynamic_routing: u_hat must have shape [B, N_in, N_out, D], got "
@@ -70,6 +71,8 @@ def _check_u_hat(u_hat, iterations, squash, op):
     C.check(u_hat.dim() == 4, op, "u_hat must have shape [B, N_in, N_out, D], got ", u_hat.dim(),
             "-d tensor of shape ", C.sizes(u_hat))
     C.check(iterations >= 1, op, "iterations must be >= 1, got ", iterations)
+    C.check(iterations <= MAX_ITERATIONS, op, "iterations must be at most ", MAX_ITERATIONS,
+            " (the backward keeps every iteration), got ", iterations)
 
 
 @torch.library.register_fake("kexue::dynamic_routing")

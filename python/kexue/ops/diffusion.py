@@ -23,6 +23,8 @@ is a ValueError. ``q_sample`` is differentiable in all three arguments.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -137,7 +139,8 @@ def _check_per_sample(t, x, op, name):
 
 
 def _check_clip(clip_x0, op):
-    C.check(clip_x0 is None or clip_x0 > 0, op, "clip_x0 must be positive, got ", C.num(clip_x0 or 0.0))
+    C.check(clip_x0 is None or (math.isfinite(clip_x0) and clip_x0 > 0), op, "clip_x0 must be positive and finite, got ",
+            C.num(0.0 if clip_x0 is None else clip_x0))
 
 
 def _check_noise(x, noise, generator, op):
@@ -192,7 +195,7 @@ def _ddim_fake(x_t, eps, alpha_bar_t, alpha_bar_prev, eta, noise, generator, cli
     op = "kexue.ddim_step"
     _check_pair(x_t, "x_t", eps, "eps", op)
     _check_clip(clip_x0, op)
-    C.check(eta >= 0.0, op, "eta must be >= 0, got ", C.num(eta))
+    C.check(math.isfinite(eta) and eta >= 0.0, op, "eta must be >= 0 and finite, got ", C.num(eta))
     _check_per_sample(alpha_bar_t, x_t, op, "alpha_bar_t")
     _check_per_sample(alpha_bar_prev, x_t, op, "alpha_bar_prev")
     if eta > 0.0:

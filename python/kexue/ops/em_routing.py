@@ -28,6 +28,7 @@ from kexue.ops._autocast import promote_under_autocast
 
 Tensor = torch.Tensor
 DENOM_EPS = 1e-12
+MAX_ITERATIONS = 1000  # csrc/kexue/em_routing.h's kMaxIterations
 _OP = "kexue.ops.em_routing"
 
 
@@ -46,7 +47,7 @@ def _as_beta(beta: Union[Tensor, float], name: str, n_out: int, like: Tensor) ->
 def _check_args(votes, a_in, beta_u, beta_a, iterations, eps):
     if votes.dim() != 4:
         raise ValueError(f"{_OP}: votes must have shape [B, N_in, N_out, H], got {tuple(votes.shape)}")
-    check_int(iterations, "iterations", _OP)
+    check_int(iterations, "iterations", _OP, maximum=MAX_ITERATIONS)
     check_real(eps, "eps", _OP, positive=True)
     B, n_in, n_out, _ = votes.shape
     if a_in.dim() != 2 or tuple(a_in.shape) != (B, n_in):
@@ -96,6 +97,8 @@ def _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op
     C.check(votes.dim() == 4, op, "votes must have shape [B, N_in, N_out, H], got ", votes.dim(),
             "-d tensor of shape ", C.sizes(votes))
     C.check(iterations >= 1, op, "iterations must be >= 1, got ", iterations)
+    C.check(iterations <= MAX_ITERATIONS, op, "iterations must be at most ", MAX_ITERATIONS,
+            " (the backward keeps every iteration), got ", iterations)
     C.check(math.isfinite(eps) and eps > 0, op, "eps must be positive and finite, got ", C.num(eps))
     C.check(math.isfinite(final_lambda) and final_lambda >= 0, op, "final_lambda must be non-negative and finite, got ",
             C.num(final_lambda))

@@ -22,6 +22,7 @@ from kexue.ops import _checks as C
 from kexue.ops._common import acc_dtype, check_int, check_real
 
 MODES = ("soft", "exact")
+MAX_ITERATIONS = 100_000  # csrc/kexue/spectral_norm.h's kMaxIterations
 Tensor = torch.Tensor
 
 
@@ -39,7 +40,7 @@ def _check_vectors(W: Tensor, u: Tensor, v: Tensor, op: str, idx: str = "") -> N
 
 
 def _check_iter(n_iter: int, eps: float, op: str) -> Tuple[int, float]:
-    return check_int(n_iter, "n_iter", f"kexue.ops.{op}"), check_real(eps, "eps", f"kexue.ops.{op}", nonnegative=True)
+    return check_int(n_iter, "n_iter", f"kexue.ops.{op}", maximum=MAX_ITERATIONS), check_real(eps, "eps", f"kexue.ops.{op}", nonnegative=True)
 
 
 def _check_mode(coeff: float, mode: str, op: str) -> Tuple[float, bool]:
@@ -143,6 +144,7 @@ def _check_writable(t, name, op):
 
 def _check_iteration(n_iter, eps, op):
     C.check(n_iter >= 1, op, "n_iter must be at least 1, got ", n_iter)
+    C.check(n_iter <= MAX_ITERATIONS, op, "n_iter must be at most ", MAX_ITERATIONS, ", got ", n_iter)
     C.check(math.isfinite(eps) and eps >= 0, op, "eps must be finite and non-negative, got ", C.num(eps))
 
 
