@@ -5,6 +5,8 @@ torch._check, so symbolic shapes are checked (and guarded) too. tests/test_op_co
 each op's fake and real kernels to the same message for its bad inputs."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kexue import _C
@@ -28,6 +30,11 @@ def sizes(t) -> str:
 def num(x: float) -> str:
     """A double as a C++ stream prints it (6 significant digits, %g)."""
     return "%g" % x
+
+
+def finite(x) -> bool:
+    """math.isfinite for plain and symbolic floats (torch.compile may trace scalars symbolically)."""
+    return x == x and x != math.inf and x != -math.inf
 
 
 def check(cond, op: str, *parts) -> None:

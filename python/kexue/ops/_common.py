@@ -26,7 +26,10 @@ def can_check_values(t: torch.Tensor) -> bool:
 
 
 def check_int(value, name: str, op: str, minimum: int = 1, maximum: Optional[int] = None) -> int:
-    """An integer argument of a public function: a real int (not a bool, float or string) in range."""
+    """An integer argument of a public function: a real int (not a bool, float or string) in range.
+    Under torch.compile the value may be symbolic: the op's own check (glue and fake) covers it."""
+    if torch.compiler.is_compiling():
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an integer, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
@@ -37,7 +40,9 @@ def check_int(value, name: str, op: str, minimum: int = 1, maximum: Optional[int
 
 def check_real(value, name: str, op: str, *, positive: bool = False, nonnegative: bool = False) -> float:
     """A real scalar argument of a public function: a finite number (NaN and inf rejected), optionally
-    positive or non-negative."""
+    positive or non-negative. Under torch.compile, left to the op's own check."""
+    if torch.compiler.is_compiling():
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
     value = float(value)

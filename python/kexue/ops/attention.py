@@ -135,7 +135,7 @@ def _apply_rope_impl(x, positions, rope, seq_len):
 def _check_rope_kernel_args(inv_freq, rope_scale, positions, x, B, L, d, op):
     if inv_freq is None:
         return
-    C.check(math.isfinite(rope_scale) and rope_scale > 0, op, "rope_scale must be positive and finite, got ",
+    C.check(C.finite(rope_scale) and rope_scale > 0, op, "rope_scale must be positive and finite, got ",
             C.num(rope_scale))
     C.check(d % 2 == 0, op, "RoPE needs an even head dimension, got ", d)
     C.check(inv_freq.dim() == 1 and inv_freq.shape[0] == d // 2, op, "inv_freq must have shape [", d // 2,
@@ -169,7 +169,7 @@ def _check_kernel_args(q, k, v, inv_freq, rope_scale, positions, segment_ids, ma
     C.check(Hkv >= 1 and H % Hkv == 0, op, "the query heads (", H, ") must be a multiple of the kv heads (", Hkv, ")")
     C.check(Lq <= Lk or (inv_freq is None and segment_ids is None), op,
             "with RoPE or segment ids, q may not be longer than k, got ", Lq, " > ", Lk)
-    C.check(math.isfinite(scale) and scale > 0, op, "scale must be positive and finite, got ", C.num(scale))
+    C.check(C.finite(scale) and scale > 0, op, "scale must be positive and finite, got ", C.num(scale))
     _check_rope_kernel_args(inv_freq, rope_scale, positions, q, B, Lk, d, op)
     if segment_ids is not None:
         C.check(segment_ids.device == q.device, op, "segment_ids must be on ", q.device)

@@ -68,9 +68,9 @@ def _check_operands(x, s, t, mask, scale, clamp):
     C.device_supported(x, op)
     C.float_dtype(x, op, "x")
     C.check(x.dim() >= 1, op, "x must have a batch dimension, got a 0-d tensor")
-    C.check(math.isfinite(clamp), op, "clamp must be finite, got ", C.num(clamp))
+    C.check(C.finite(clamp), op, "clamp must be finite, got ", C.num(clamp))
     if scale == "tanh":
-        C.check(math.isfinite(clamp) and clamp > 0, op, "clamp must be positive and finite for scale='tanh', got ",
+        C.check(C.finite(clamp) and clamp > 0, op, "clamp must be positive and finite for scale='tanh', got ",
                 C.num(clamp))
     if scale == "none":
         C.check(s is None, op, "scale='none' (additive coupling) takes no s; pass s=None")

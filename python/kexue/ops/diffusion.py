@@ -139,7 +139,7 @@ def _check_per_sample(t, x, op, name):
 
 
 def _check_clip(clip_x0, op):
-    C.check(clip_x0 is None or (math.isfinite(clip_x0) and clip_x0 > 0), op, "clip_x0 must be positive and finite, got ",
+    C.check(clip_x0 is None or (C.finite(clip_x0) and clip_x0 > 0), op, "clip_x0 must be positive and finite, got ",
             C.num(0.0 if clip_x0 is None else clip_x0))
 
 
@@ -195,7 +195,7 @@ def _ddim_fake(x_t, eps, alpha_bar_t, alpha_bar_prev, eta, noise, generator, cli
     op = "kexue.ddim_step"
     _check_pair(x_t, "x_t", eps, "eps", op)
     _check_clip(clip_x0, op)
-    C.check(math.isfinite(eta) and eta >= 0.0, op, "eta must be >= 0 and finite, got ", C.num(eta))
+    C.check(C.finite(eta) and eta >= 0.0, op, "eta must be >= 0 and finite, got ", C.num(eta))
     _check_per_sample(alpha_bar_t, x_t, op, "alpha_bar_t")
     _check_per_sample(alpha_bar_prev, x_t, op, "alpha_bar_prev")
     if eta > 0.0:

@@ -99,8 +99,8 @@ def _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op
     C.check(iterations >= 1, op, "iterations must be >= 1, got ", iterations)
     C.check(iterations <= MAX_ITERATIONS, op, "iterations must be at most ", MAX_ITERATIONS,
             " (the backward keeps every iteration), got ", iterations)
-    C.check(math.isfinite(eps) and eps > 0, op, "eps must be positive and finite, got ", C.num(eps))
-    C.check(math.isfinite(final_lambda) and final_lambda >= 0, op, "final_lambda must be non-negative and finite, got ",
+    C.check(C.finite(eps) and eps > 0, op, "eps must be positive and finite, got ", C.num(eps))
+    C.check(C.finite(final_lambda) and final_lambda >= 0, op, "final_lambda must be non-negative and finite, got ",
             C.num(final_lambda))
     B, n_in, n_out, _ = votes.shape
     for t, name in ((a_in, "a_in"), (beta_u, "beta_u"), (beta_a, "beta_a")):

@@ -145,11 +145,11 @@ def _check_writable(t, name, op):
 def _check_iteration(n_iter, eps, op):
     C.check(n_iter >= 1, op, "n_iter must be at least 1, got ", n_iter)
     C.check(n_iter <= MAX_ITERATIONS, op, "n_iter must be at most ", MAX_ITERATIONS, ", got ", n_iter)
-    C.check(math.isfinite(eps) and eps >= 0, op, "eps must be finite and non-negative, got ", C.num(eps))
+    C.check(C.finite(eps) and eps >= 0, op, "eps must be finite and non-negative, got ", C.num(eps))
 
 
 def _check_coeff(coeff, op):
-    C.check(math.isfinite(coeff) and coeff > 0, op, "coeff must be a positive number, got ", C.num(coeff))
+    C.check(C.finite(coeff) and coeff > 0, op, "coeff must be a positive number, got ", C.num(coeff))
 
 
 @torch.library.register_fake("kexue::spectral_norm_power_iteration")
