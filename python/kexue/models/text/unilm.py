@@ -55,6 +55,7 @@ from kexue.models.text.packing import (
 )
 from kexue.nn.rope import RoPE
 from kexue.nn.transformer import TransformerStack
+from kexue.train.options import options_of
 from kexue.train.registry import register
 
 Tensor = torch.Tensor
@@ -280,7 +281,8 @@ def build_unilm(dataset, **overrides) -> UniLM:
 # The package ships no corpus: like the poetry VAE, the default data is the poem file that the
 # environment variable KEXUE_POEMS names (kexue.data.get_dataset expands it, and explains when
 # it is unset).
-register("unilm", build_unilm, default_data="$KEXUE_POEMS",
+register("unilm", build_unilm, default_data="$KEXUE_POEMS", steps=2000, batch_size=64, lr=1e-3,
+         options=options_of(UniLM, data=("vocab_size",), derived={"source_length": "half the line length"}),
          description="UniLM seq2seq: one RoPE Transformer with the UniLM mask, line = first half -> second half")
 
 __all__ = ["UniLM", "build_unilm"]

@@ -7,22 +7,14 @@ from kexue.models.vae.likelihood import log_likelihood
 from kexue.models.vae.observations import OBSERVATIONS, make_observation
 from kexue.models.vae.vae import VAE
 from kexue.models.vae.vmf import VMFVAE
-from kexue.train.registry import register
+from kexue.train.registry import register_class
 
-
-def _builder(cls):
-    def build(dataset, **overrides):
-        return cls(dataset.event_shape, dataset.n_levels, **overrides)
-
-    return build
-
-
-register("vae", _builder(VAE), default_data="digits",
-         description="VAE: Gaussian posterior, closed-form KL, categorical/Bernoulli/Gaussian decoder, beta weight")
-register("bnvae", _builder(BNVAE), default_data="digits",
-         description="BN-VAE: batch-normalised posterior mean/std with scales tied by tau, KL bounded away from 0")
-register("vmfvae", _builder(VMFVAE), default_data="digits",
-         description="vMF-VAE: von Mises-Fisher posterior of fixed kappa on the sphere, uniform prior, constant KL")
+register_class("vae", VAE, default_data="digits", steps=2000, batch_size=64,
+               description="VAE: Gaussian posterior, closed-form KL, categorical/Bernoulli/Gaussian decoder, beta weight")
+register_class("bnvae", BNVAE, default_data="digits", steps=2000, batch_size=64,
+               description="BN-VAE: batch-normalised posterior mean/std with scales tied by tau, KL bounded away from 0")
+register_class("vmfvae", VMFVAE, default_data="digits", steps=2000, batch_size=64,
+               description="vMF-VAE: von Mises-Fisher posterior of fixed kappa on the sphere, uniform prior, constant KL")
 
 __all__ = ["BNVAE", "OBSERVATIONS", "VAE", "VMFVAE", "log_likelihood", "make_observation"]
 

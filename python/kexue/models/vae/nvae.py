@@ -46,7 +46,7 @@ from torch import nn
 from kexue import _random
 from kexue.models.vae.nvae_cells import DecoderCell, DecoderCombiner, EncoderCell, EncoderCombiner
 from kexue.ops import spectral_norm_power_iteration_grouped
-from kexue.train.registry import register
+from kexue.train.registry import class_builder, register_class
 from kexue.ops._common import can_check_values
 
 Tensor = torch.Tensor
@@ -334,12 +334,10 @@ class NVAE(nn.Module):
         return draws.view(n, *self.event_shape).to(self.h0.dtype)
 
 
-def build_nvae(dataset, **overrides) -> NVAE:
-    return NVAE(dataset.event_shape, dataset.n_levels, **overrides)
+build_nvae = class_builder(NVAE)
 
-
-register("nvae", build_nvae, default_data="digits",
-         description="NVAE: hierarchical residual-normal latents, residual cells with SE, KL warm-up, "
-                     "spectral regularisation, temperature sampling")
+register_class("nvae", NVAE, default_data="digits", steps=450, batch_size=64, defaults=dict(warmup_steps=150),
+               description="NVAE: hierarchical residual-normal latents, residual cells with SE, KL warm-up, "
+                           "spectral regularisation, temperature sampling")
 
 __all__ = ["NVAE", "build_nvae", "residual_normal_kl", "soft_clamp"]

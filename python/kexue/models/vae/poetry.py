@@ -28,6 +28,7 @@ from kexue import _random
 from kexue.data.text import Vocabulary
 from kexue.distributions import DiagonalNormal
 from kexue.nn.bn_latent import BatchNormLatent
+from kexue.train.options import options_of
 from kexue.train.registry import register
 from kexue.ops._common import can_check_values
 
@@ -213,7 +214,8 @@ def build_poetry_vae(dataset, **overrides) -> PoetryVAE:
 # (kexue.data.get_dataset expands the variable and explains when it is unset).
 POEMS_ENV = "KEXUE_POEMS"
 
-register("poetry-vae", build_poetry_vae, default_data=f"${POEMS_ENV}",
+register("poetry-vae", build_poetry_vae, default_data=f"${POEMS_ENV}", steps=250, batch_size=32, lr=3e-3,
+         options=options_of(PoetryVAE, data=("vocab", "length")),
          description="CNN-VAE poetry generator: gated 1-D convs, per-position softmax (--set bn=true: BN-VAE)")
 
 __all__ = ["GatedConvBlock", "POEMS_ENV", "PoetryVAE", "build_poetry_vae"]

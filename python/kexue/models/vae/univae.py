@@ -71,6 +71,7 @@ from kexue.models.text.packing import (
 from kexue.models.vae.poetry import POEMS_ENV
 from kexue.nn.rope import RoPE
 from kexue.nn.transformer import TransformerStack
+from kexue.train.options import options_of
 from kexue.train.registry import register
 
 Tensor = torch.Tensor
@@ -335,7 +336,8 @@ def build_univae(dataset, **overrides) -> UniVAE:
     return UniVAE(len(dataset.vocab), **overrides)
 
 
-register("univae", build_univae, default_data=f"${POEMS_ENV}",
+register("univae", build_univae, default_data=f"${POEMS_ENV}", steps=2000, batch_size=64, lr=1e-3,
+         options=options_of(UniVAE, data=("vocab_size",), derived={"max_length": "the line length"}),
          description="UniVAE: one RoPE Transformer with the UniAE mask, vMF latents at the top blocks' [CLS]")
 
 __all__ = ["LATENTS", "UniVAE", "build_univae"]
