@@ -72,13 +72,21 @@ def _toy(name: str, split: str, n: int | None, seed: int) -> Dataset:
     return Dataset(x=x, labels=None, n_levels=None, name=name)
 
 
-def _npy(path: str, split: str, n: int | None) -> Dataset:
+def _npy(path: str, split: str, n: int | None, levels: int | None = None) -> Dataset:
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all'; got {split!r}")
-    if np.load(path, mmap_mode="r", allow_pickle=False).ndim == 2:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"unknown data set {path!r}: there is no such .npy file")
+    try:
+        ndim = np.load(path, mmap_mode="r", allow_pickle=False).ndim
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable .npy array ({e})") from e
+    if ndim == 2:
+        if levels is not None:
+            raise ValueError(f"{path}: --levels applies to images; this file holds [N, D] vectors")
         images, n_levels = load_npy_vectors(path), None  # [N, D] vectors, e.g. embeddings
     else:
-        images, n_levels = load_npy_images(path)
+        images, n_levels = load_npy_images(path, levels)
     n_train = int(len(images) * NPY_TRAIN_FRACTION)
     part = {"train": images[:n_train], "test": images[n_train:], "all": images}[split]
     if len(part) == 0:
@@ -113,7 +121,8 @@ def _expand_env(path: str) -> str:
 
 
 def get_dataset(
-    name_or_path: str | os.PathLike, split: str = "train", *, n: int | None = None, seed: int = 0
+    name_or_path: str | os.PathLike, split: str = "train", *, n: int | None = None, seed: int = 0,
+    n_levels: int | None = None,
 ) -> Dataset:
     """The data set called ``name_or_path``, split ``split``.
 
@@ -130,10 +139,15 @@ def get_dataset(
       ``n_levels = len(vocab)``; "test" is a fixed seeded 5% of the lines, "train" the rest,
       "all" every line in file order.
 
+    ``n_levels`` sets the number of levels of integer ``.npy`` images (``load_npy_images``);
+    any other data set rejects it (digits have 17, toys and text have none to set).
+
     Paths may name environment variables ("$KEXUE_POEMS"); an unset one is a ValueError.
     For digits, .npy and .txt files, ``n`` keeps the first n examples of the split and ``seed`` is
     unused (their splits are fixed).
     """
+    if n_levels is not None and not os.fspath(name_or_path).endswith(".npy"):
+        raise ValueError(f"--levels (n_levels) applies to integer .npy images, not to {os.fspath(name_or_path)!r}")
     if isinstance(name_or_path, str) and name_or_path in TOY_NAMES:
         return _toy(name_or_path, split, n, seed)
     if name_or_path == "digits":
@@ -142,7 +156,7 @@ def get_dataset(
         return Dataset(x=x, labels=labels, n_levels=DIGITS_LEVELS, name="digits")
     path = _expand_env(os.fspath(name_or_path))
     if path.endswith(".npy"):
-        return _npy(path, split, n)
+        return _npy(path, split, n, n_levels)
     if path.endswith(".txt"):
         return _text(path, split, n)
     raise ValueError(

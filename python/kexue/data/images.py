@@ -74,7 +74,7 @@ def _to_nchw(a: np.ndarray, path: str) -> np.ndarray:
     )
 
 
-def load_npy_images(path: str | os.PathLike) -> tuple[torch.Tensor, int | None]:
+def load_npy_images(path: str | os.PathLike, n_levels: int | None = None) -> tuple[torch.Tensor, int | None]:
     """Images from a user ``.npy`` file as (images [N, C, H, W], n_levels).
 
     Layout: [N, H, W] gets a channel dim; a 4-D array is channels-first [N, C, H, W] when its
@@ -83,9 +83,14 @@ def load_npy_images(path: str | os.PathLike) -> tuple[torch.Tensor, int | None]:
     Values: integers must be non-negative; uint8 stays uint8 with n_levels = 256, other integer
     types become int64 with n_levels = max + 1. Floats must lie in [0, 1] (no NaN); they become
     float32 with n_levels = None, i.e. already continuous.
+    ``n_levels`` overrides the inferred number of levels of integer images (e.g. 17 for uint8
+    images whose values are 0..16, which would otherwise count as 256 levels); it must exceed
+    the largest value, and float images take none.
     Anything else raises ValueError naming the file and the problem.
     """
     path = os.fspath(path)
+    if n_levels is not None and (isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 2):
+        raise ValueError(f"n_levels (--levels) must be an integer >= 2, got {n_levels!r}")
     try:
         a = np.load(path, allow_pickle=False)
     except ValueError as e:  # e.g. an object array, which would need unsafe unpickling
@@ -98,11 +103,17 @@ def load_npy_images(path: str | os.PathLike) -> tuple[torch.Tensor, int | None]:
     if a.dtype.kind in "iu":
         if a.min() < 0:
             raise ValueError(f"{path}: integer pixel values must be non-negative; min is {a.min()}")
+        if n_levels is not None and a.max() >= n_levels:
+            raise ValueError(f"{path}: --levels {n_levels} is too few: the images hold values up to {a.max()} "
+                             f"(levels 0..{n_levels - 1})")
         if a.dtype == np.uint8:
-            return torch.from_numpy(np.ascontiguousarray(a)), 256
+            return torch.from_numpy(np.ascontiguousarray(a)), n_levels or 256
         if a.max() > np.iinfo(np.int64).max:
             raise ValueError(f"{path}: pixel values up to {a.max()} do not fit in int64")
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)), int(a.max()) + 1
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)), n_levels or int(a.max()) + 1
+    if n_levels is not None:
+        raise ValueError(f"{path}: --levels applies to integer images; these are {a.dtype} "
+                         "(float images in [0, 1] are continuous)")
     if a.dtype.kind == "f":
         if np.isnan(a).any():
             raise ValueError(f"{path}: float images contain NaN")

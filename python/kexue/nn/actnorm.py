@@ -45,11 +45,16 @@ class ActNorm(FlowLayer):
         self._ready = True
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, C, ...] → ``(y, logdet)`` with ``y = (x + b)·exp(log_s)`` per channel and ``logdet``
+        [B] = (spatial size)·Σ log_s (fp32 for half inputs). The first call in training mode first
+        initialises b and log_s from this batch (data-dependent init)."""
         if not self._ready and self.training:
             self.initialize(x)
         return actnorm(x, self.bias, self.log_scale)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, C, ...] → ``(x, logdet)`` with ``x = y·exp(−log_s) − b`` (exact) and ``logdet`` [B]
+        = −(spatial size)·Σ log_s. Never runs the data-dependent initialisation."""
         return actnorm(y, self.bias, self.log_scale, reverse=True)
 
 
@@ -67,7 +72,11 @@ class Scaling(FlowLayer):
         self.register_buffer("zero_bias", torch.zeros(features), persistent=False)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, D] (or [B, D, ...]) → ``(y, logdet)`` with ``y = x·exp(log_s)`` per feature and
+        ``logdet`` [B] = (size of the trailing dims)·Σ log_s."""
         return actnorm(x, self.zero_bias, self.log_scale)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, D] (or [B, D, ...]) → ``(x, logdet)`` with ``x = y·exp(−log_s)`` (exact) and
+        ``logdet`` [B] the negated forward log-det."""
         return actnorm(y, self.zero_bias, self.log_scale, reverse=True)

@@ -20,9 +20,14 @@ class FlowLayer(nn.Module):
     """
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, *event] (and an optional ``context``) → ``(y, logdet)``: ``y`` [B, *output_shape]
+        and ``logdet`` [B] = log|det ∂y/∂x| per sample (fp32 for half inputs, fp64 for fp64).
+        Subclasses must implement it."""
         raise NotImplementedError
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, *output_shape] → ``(x, logdet)`` with ``x`` [B, *event] and ``logdet`` [B] =
+        log|det ∂x/∂y|, the negative of the forward log-det at ``x``. Subclasses must implement it."""
         raise NotImplementedError
 
     def output_shape(self, shape: Shape) -> Shape:

@@ -30,6 +30,8 @@ class MLP(nn.Module):
         self.context_features = context_features
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """``x`` [B, in_features] (with ``context`` [B, context_features] appended when configured) →
+        [B, out_features]."""
         return self.net(_with_context(x, context, self.context_features))
 
 
@@ -49,6 +51,8 @@ class ConvNet(nn.Module):
         self.context_features = context_features
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """``x`` [B, in_channels, H, W] (with ``context`` [B, K] broadcast as K extra channels when
+        configured) → [B, out_channels, H, W]."""
         return self.net(_with_context(x, context, self.context_features))
 
 

@@ -53,10 +53,15 @@ class MaskedCoupling(FlowLayer):
         return s.contiguous(), t.contiguous()
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, *mask.shape] → ``(y, logdet)``: masked entries copied, the others
+        ``x·f(s) + t`` with ``(s, t)`` from the masked input (and ``context``); ``logdet`` [B] =
+        Σ log f(s) over the unmasked entries (0 for ``scale="none"``; fp32 for half inputs)."""
         s, t = self._params(x, context)
         return coupling(x, s, t, scale=self.scale, mask=self.mask, clamp=self.clamp)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, *mask.shape] → ``(x, logdet)``: the unmasked entries ``(y − t)/f(s)``, exact in one
+        pass (the masked entries, hence s and t, are unchanged); ``logdet`` [B] = −Σ log f(s)."""
         s, t = self._params(y, context)  # the masked half is unchanged, so s and t are too
         return coupling(y, s, t, scale=self.scale, mask=self.mask, clamp=self.clamp, reverse=True)
 
@@ -93,12 +98,17 @@ class HalfCoupling(FlowLayer):
         return s.contiguous(), t.contiguous()
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, C, ...] (C even) → ``(y, logdet)``: the conditioning half copied, the other half
+        ``x_b·f(s) + t`` with ``(s, t) = NN(x_a, context)``; ``logdet`` [B] = Σ log f(s) (0 for
+        ``scale="none"``; fp32 for half inputs)."""
         a, b = self._split(x)
         s, t = self._params(a, context)
         yb, ld = coupling(b.contiguous(), s, t, scale=self.scale, clamp=self.clamp)
         return self._join(a, yb), ld
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, C, ...] → ``(x, logdet)``: ``x_b = (y_b − t)/f(s)`` with s, t from the unchanged
+        half, exact in one pass; ``logdet`` [B] = −Σ log f(s)."""
         a, b = self._split(y)
         s, t = self._params(a, context)
         xb, ld = coupling(b.contiguous(), s, t, scale=self.scale, clamp=self.clamp, reverse=True)

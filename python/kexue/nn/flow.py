@@ -22,9 +22,11 @@ class StandardNormal(nn.Module):
     """N(0, I) over flat latents."""
 
     def log_prob(self, z: Tensor) -> Tensor:
+        """log N(z; 0, I) per row of ``z`` [B, D] → [B]."""
         return -0.5 * (z.square().sum(1) + z.shape[1] * LOG_2PI)
 
     def sample(self, n: int, dim: int, temperature: float, generator, device, dtype) -> Tensor:
+        """``n`` draws [n, ``dim``] of N(0, temperature²·I)."""
         return temperature * _random.randn(n, dim, generator=generator, device=device, dtype=dtype)
 
 
@@ -32,9 +34,11 @@ class StandardLogistic(nn.Module):
     """The logistic base distribution of the NICE paper: log p(z) = −Σ log(1 + e^z) + log(1 + e^−z)."""
 
     def log_prob(self, z: Tensor) -> Tensor:
+        """Σ log logistic(z) per row of ``z`` [B, D] → [B]."""
         return -(torch.nn.functional.softplus(z) + torch.nn.functional.softplus(-z)).sum(1)
 
     def sample(self, n: int, dim: int, temperature: float, generator, device, dtype) -> Tensor:
+        """``n`` draws [n, ``dim``] of the logistic, scaled by ``temperature``."""
         u = _random.rand(n, dim, generator=generator, device=device, dtype=dtype).clamp(1e-6, 1 - 1e-6)
         return temperature * (torch.log(u) - torch.log1p(-u))
 
@@ -43,6 +47,10 @@ PRIORS = {"normal": StandardNormal, "logistic": StandardLogistic}
 
 
 class Flow(nn.Module):
+    """``layers`` (FlowLayers, applied in order) over a base distribution ``prior`` ("normal":
+    N(0, I); "logistic": NICE's) on the flat latent, for data of per-sample shape ``event_shape``.
+    Layers with ``factors_out`` (``Split``) send part of the state straight to the latent."""
+
     def __init__(self, layers: Sequence[FlowLayer], event_shape: Sequence[int], prior: str = "normal"):
         super().__init__()
         if prior not in PRIORS:
@@ -61,6 +69,9 @@ class Flow(nn.Module):
         self.dim = math.prod(self.event_shape)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, *event_shape] → ``(z, logdet)``: ``z`` [B, D] the flat latent (the factored-out
+        parts in layer order, then the final state, each flattened) and ``logdet`` [B] = log|det ∂z/∂x|,
+        the sum of the layers' log-dets (fp32 for half inputs), so ``log p(x) = log p(z) + logdet``."""
         check_event(x, self.event_shape, type(self).__name__)
         h, logdet, parts = x, zeros_logdet(x if x.dtype.is_floating_point else x.float()), []
         for layer in self.layers:
@@ -74,9 +85,15 @@ class Flow(nn.Module):
         return torch.cat(parts, dim=1), logdet
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """``z`` [B, D] → ``x`` [B, *event_shape] (the log-det dropped; see ``inverse_with_logdet``).
+        Exact up to rounding except through layers with iterative inverses (i-ResNet blocks) or a
+        ``Dequantize`` (which floors to the discrete levels)."""
         return self.inverse_with_logdet(z, context)[0]
 
     def inverse_with_logdet(self, z: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``z`` [B, D] → ``(x, logdet)``: ``x`` [B, *event_shape] and ``logdet`` [B] = log|det ∂x/∂z|
+        (the negative of the forward log-det at ``x``), ``z`` cut into the factored-out parts by
+        ``factored_shapes``."""
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(f"{type(self).__name__}.inverse: expected z of shape [B, {self.dim}], got {list(z.shape)}")
         sizes = [math.prod(s) for s in self.factored_shapes] + [math.prod(self.final_shape)]
@@ -94,6 +111,7 @@ class Flow(nn.Module):
         return h, logdet
 
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """``log p(x)`` [B] = log prior(z) + log|det ∂z/∂x| (nats)."""
         z, logdet = self(x, context)
         return self.prior.log_prob(z) + logdet
 
@@ -105,6 +123,8 @@ class Flow(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, context: Optional[Tensor] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
+        """``n`` samples [n, *event_shape]: ``z`` from the prior scaled by ``temperature``, mapped back
+        by ``inverse`` (no gradients)."""
         p = next(self.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         dtype = p.dtype if p is not None else torch.float32

@@ -59,9 +59,14 @@ class InvConv1x1(FlowLayer):
         return ld.to(acc).expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, C, ...] ([B, C] vectors, [B, C, H, W] images) → ``(y, logdet)`` with ``y = W x``
+        over dim 1 and ``logdet`` [B] = (spatial size)·Σ log_s (fp32, or fp64 for fp64 inputs)."""
         return self._apply_weight(x, self.weight(torch.float64 if x.dtype == torch.float64 else torch.float32)), self._logdet(x)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, C, ...] → ``(x, logdet)`` with ``x = W⁻¹ y`` and ``logdet`` [B] the negated forward
+        log-det. W⁻¹ is inverted in float64: cached (recomputed when a parameter changes) when no
+        gradient is needed, recomputed differentiably when one is."""
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             w_inv = torch.linalg.inv(self.weight(torch.float64))  # differentiable path
         else:

@@ -144,6 +144,9 @@ class MLMEmbeddingMasker(nn.Module):
             raise TypeError("MLMEmbeddingMasker: tokens must be an integer tensor of token ids")
 
     def forward(self, tokens: Tensor, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """Token ids ``tokens`` [B, L] → ``(embeddings [B, L, dim], targets)``: in training the
+        corrupted tokens' embeddings and targets [B, L] (``ignore_index`` where not selected); in
+        eval the clean tokens' embeddings (expectation-corrected if configured) and None."""
         if self.training:
             inputs, targets = self.mask(tokens, generator)
             return self.embedding(inputs), targets

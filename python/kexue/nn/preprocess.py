@@ -26,6 +26,9 @@ class Dequantize(FlowLayer):
         self.noise_in_eval = noise_in_eval
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Levels ``x`` [B, ...] (any dtype, values in {0, …, L−1}) → ``(y, logdet)`` with
+        ``y = (x + u)/L`` float in [0, 1) (u uniform in training or with ``noise_in_eval``, else 1/2)
+        and ``logdet`` [B] = −D·log L."""
         if x.dtype.is_floating_point:
             xf = x
         else:
@@ -39,6 +42,9 @@ class Dequantize(FlowLayer):
         return y, ld
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, ...] → ``(x, logdet)`` with ``x = floor(y·L)`` clamped to {0, …, L−1} (float dtype)
+        and ``logdet`` [B] = +D·log L. A left inverse: it recovers the discrete input exactly, not
+        the noise."""
         x = torch.floor(y * self.levels).clamp(0, self.levels - 1)
         return x, zeros_logdet(y) + math.log(self.levels) * math.prod(y.shape[1:])
 
@@ -57,12 +63,16 @@ class Logit(FlowLayer):
         return t.flatten(1).sum(1).to(zeros_logdet(t).dtype)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, ...] in [0, 1] → ``(y, logdet)`` with ``y = logit(p)``, ``p = α + (1 − 2α)x``, and
+        ``logdet`` [B] = Σ [log(1 − 2α) − log p − log(1 − p)]."""
         p = self.alpha + (1 - 2 * self.alpha) * x
         y = torch.log(p) - torch.log1p(-p)
         ld = math.log(1 - 2 * self.alpha) * math.prod(x.shape[1:]) - self._acc(torch.log(p) + torch.log1p(-p))
         return y, ld
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, ...] → ``(x, logdet)`` with ``x = (sigmoid(y) − α)/(1 − 2α)`` (exact) and ``logdet``
+        [B] the negated forward log-det."""
         p = torch.sigmoid(y)
         x = (p - self.alpha) / (1 - 2 * self.alpha)
         ld = -(math.log(1 - 2 * self.alpha) * math.prod(y.shape[1:])) + self._acc(torch.log(p) + torch.log1p(-p))

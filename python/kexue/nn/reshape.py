@@ -19,6 +19,8 @@ class Squeeze(FlowLayer):
         return (4 * c, h // 2, w // 2)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, C, H, W] (H, W even) → ``(y, logdet)`` with ``y`` [B, 4C, H/2, W/2] (each 2×2
+        patch moved into channels) and ``logdet`` [B] = 0."""
         if x.dim() != 4:
             raise ValueError(f"Squeeze: expected [B, C, H, W], got {list(x.shape)}")
         b, c, h, w = x.shape
@@ -27,6 +29,7 @@ class Squeeze(FlowLayer):
         return y, zeros_logdet(x)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, 4C, H, W] → ``(x, logdet)`` with ``x`` [B, C, 2H, 2W] (exact) and ``logdet`` [B] = 0."""
         b, c4, h, w = y.shape
         if c4 % 4:
             raise ValueError(f"Squeeze.inverse: channels must be a multiple of 4, got {c4}")
@@ -45,13 +48,17 @@ class Permute(FlowLayer):
         self.register_buffer("inv_perm", torch.argsort(perm))
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, C, ...] → ``(y, logdet)`` with dim 1 permuted by ``perm`` and ``logdet`` [B] = 0."""
         return x.index_select(1, self.perm), zeros_logdet(x)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, C, ...] → ``(x, logdet)`` with dim 1 permuted back (exact) and ``logdet`` [B] = 0."""
         return y.index_select(1, self.inv_perm), zeros_logdet(y)
 
 
 class Reverse(Permute):
+    """The reversal of dim 1 (features or channels): a ``Permute`` that is its own inverse."""
+
     def __init__(self, features: int):
         super().__init__(features)
         self.perm.copy_(torch.arange(features - 1, -1, -1))
@@ -69,7 +76,9 @@ class Flatten(FlowLayer):
         return (math.prod(shape),)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` [B, *shape] → ``(y, logdet)`` with ``y`` [B, D] and ``logdet`` [B] = 0."""
         return x.reshape(x.shape[0], -1), zeros_logdet(x)
 
     def inverse(self, y: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``y`` [B, D] → ``(x, logdet)`` with ``x`` [B, *shape] and ``logdet`` [B] = 0."""
         return y.reshape(y.shape[0], *self.shape), zeros_logdet(y)

@@ -81,6 +81,10 @@ class SpectralNorm(nn.Module):
                 buf.copy_(F.normalize(buf, dim=0, eps=self.eps))
 
     def forward(self, weight: Tensor) -> Tensor:
+        """The normalised weight, shaped like ``weight``: ``W/σ`` or ``W/max(1, σ/coeff)``, σ the power-
+        iteration estimate of the largest singular value (or of the convolution's operator norm);
+        in training it first runs ``n_power_iterations`` steps, updating ``_u``/``_v``. 1-D weights
+        are L2-normalised."""
         if weight.ndim == 1:
             return F.normalize(weight, dim=0, eps=self.eps)
         if self.training:

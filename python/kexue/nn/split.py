@@ -41,6 +41,9 @@ class Split(FlowLayer):
         return log_std.contiguous(), mean.contiguous()
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """``x`` [B, C, ...] (C even) → ``(h, eps, logdet)``: ``h`` [B, C/2, ...] the kept half, ``eps``
+        [B, C/2, ...] the factored-out half standardised by the learned prior, ``(z_out − μ(h))/σ(h)``,
+        and ``logdet`` [B] = −Σ log σ(h). Note the three outputs (``Flow`` checks ``factors_out``)."""
         if x.shape[1] % 2:
             raise ValueError(f"Split: needs an even number of channels/features, got {x.shape[1]}")
         h, z_out = x.chunk(2, dim=1)
@@ -49,6 +52,9 @@ class Split(FlowLayer):
         return h, eps, logdet
 
     def inverse(self, h: Tensor, eps: Tensor, context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``h`` [B, C/2, ...] and ``eps`` [B, C/2, ...] → ``(x, logdet)``: ``x`` [B, C, ...] =
+        ``[h, μ(h) + σ(h)·eps]`` (exact) and ``logdet`` [B] = +Σ log σ(h). Takes ``eps`` as a second
+        argument, unlike other FlowLayers."""
         log_std, mean = self._prior(h, context)
         z_out, logdet = coupling(eps.contiguous(), log_std, mean, scale="exp")
         return torch.cat([h, z_out], dim=1), logdet

@@ -46,6 +46,7 @@ class FeedForward(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` [..., dim] → [..., dim]."""
         return self.dropout(self.down(self.act(self.up(x))))
 
 
@@ -118,6 +119,9 @@ class TransformerStack(nn.Module):
                 segment_ids: Optional[Tensor] = None, mask_rule: str = "unilm", key_lengths: Optional[Tensor] = None,
                 attn_mask: Optional[Tensor] = None,
                 return_all: bool = False) -> Union[Tensor, Tuple[Tensor, List[Tensor]]]:
+        """``x`` [B, L, dim] → [B, L, dim] after every block and the final norm; with ``return_all``
+        also the list of hidden states (input, then each block's output, before the final norm).
+        The keyword arguments are those of ``TransformerBlock.forward``."""
         hidden = [x]
         for block in self.blocks:
             x = block(x, positions=positions, causal=causal, segment_ids=segment_ids, mask_rule=mask_rule,

@@ -10,7 +10,9 @@ from __future__ import annotations
 from kexue.train import registry
 from kexue.train.checkpoint import load_checkpoint, read_metrics, save_checkpoint
 from kexue.train.registry import MODELS, get, names, register
-from kexue.train.trainer import BatchStream, derive_seed, evaluate, make_figures, train
+from kexue.train.outputs import make_figures
+from kexue.train.seeds import derive_seed
+from kexue.train.trainer import BatchStream, evaluate, train
 
 __all__ = [
     "BatchStream",

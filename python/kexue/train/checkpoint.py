@@ -5,11 +5,19 @@ flushes it to disk, then ``os.replace``s it over the target: readers (and a resu
 either the old checkpoint or the new one, never a torn file, and a failed write leaves no
 temporary file behind. Same-directory matters: ``os.replace`` is atomic only within one file
 system.
+
+The state is serialised in memory first and then written with plain file writes, so a full or
+read-only disk surfaces as the ``OSError`` it is (torch's own writer reports it as an opaque
+"enforce fail at inline_container.cc" RuntimeError). ``remove_stale_temporaries`` deletes the
+temporary files a killed process leaves behind.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
+import zipfile
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -44,8 +52,30 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(path: os.PathLike | str, state: Dict[str, Any]) -> None:
-    """``torch.save(state)`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    """``torch.save(state)`` to ``path`` atomically (temporary file + ``os.replace``); a disk
+    error is an ``OSError`` naming ``path``."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getbuffer()
+    path = Path(path)
+    try:
+        _atomic_write(path, lambda f: f.write(data))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the checkpoint {path}: {e.strerror or e}") from e
+
+
+def remove_stale_temporaries(directory: os.PathLike | str) -> List[Path]:
+    """Delete the temporary files of interrupted atomic writes in ``directory`` (a process killed
+    between creating one and renaming it); returns the paths removed."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        if p.name.startswith(TMP_PREFIX) and p.name.endswith(TMP_SUFFIX) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def load_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -53,11 +83,21 @@ def load_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> Dict[
 
     Checkpoints hold only tensors and plain Python data, so they load with ``weights_only=True``
     (no arbitrary code runs from a checkpoint file).
+    A file that is empty, truncated or not a checkpoint is a ValueError naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty, not a checkpoint; delete it to start afresh")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable checkpoint ({first}); delete it to start afresh") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a kexue checkpoint (it holds a {type(state).__name__})")
+    return state
 
 
 def append_metrics(path: os.PathLike | str, records: Iterable[Dict[str, Any]]) -> None:
@@ -105,4 +145,4 @@ def truncate_metrics(path: os.PathLike | str, max_step: Optional[int]) -> None:
 
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "append_metrics", "load_checkpoint", "read_metrics",
-           "save_checkpoint", "truncate_metrics"]
+           "remove_stale_temporaries", "save_checkpoint", "truncate_metrics"]

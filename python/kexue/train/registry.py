@@ -61,6 +61,11 @@ class ModelEntry:
     # A builder registered without options that takes **overrides: its keys cannot be known
     # here, so they pass unchecked to the builder (which raises on a key it does not take).
     open_options: bool = False
+    # outputs(model, run) -> [paths]: what the family writes beside the generic figures at each
+    # figure step (``run`` is a kexue.train.outputs.RunView); text(model, dataset, n, generator)
+    # -> [str]: n generated lines, for samples.txt and ``kexue sample``.
+    outputs: Optional[Callable[..., Any]] = None
+    text: Optional[Callable[..., Any]] = None
     option_index: Dict[str, Option] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self):
@@ -101,11 +106,13 @@ _families_loaded = False
 def register(name: str, builder: Callable[..., Any], *, default_data: str, description: str,
              options: Optional[Tuple[Option, ...]] = None, data_params: Tuple[str, ...] = ("dataset",),
              steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
+             outputs: Optional[Callable[..., Any]] = None, text: Optional[Callable[..., Any]] = None,
              replace: bool = False) -> ModelEntry:
     """Register ``builder`` under ``name``; returns the entry.
 
     ``options`` (default: read off ``builder``'s own signature) are the ``--set`` keys;
-    ``steps``, ``batch_size`` and ``lr`` are the training defaults of ``kexue train``.
+    ``steps``, ``batch_size`` and ``lr`` are the training defaults of ``kexue train``;
+    ``outputs`` and ``text`` are the family's own run outputs (see ModelEntry).
 
     Registering a name again with the same builder is a no-op (a module imported twice); with a
     different builder it is an error unless ``replace=True``, so two families cannot silently
@@ -124,7 +131,7 @@ def register(name: str, builder: Callable[..., Any], *, default_data: str, descr
         options = options_of(builder, data=data_params)
         open_options = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
     entry = ModelEntry(name, builder, default_data, description, tuple(options), tuple(data_params),
-                       steps, batch_size, lr, open_options)
+                       steps, batch_size, lr, open_options, outputs, text)
     MODELS[name] = entry
     return entry
 
@@ -152,7 +159,7 @@ def class_builder(cls: type, **defaults: Any) -> Callable[..., Any]:
 def register_class(name: str, cls: type, *, default_data: str, description: str,
                    defaults: Optional[Mapping[str, Any]] = None, **training: Any) -> ModelEntry:
     """Register ``cls`` built by ``class_builder`` (its options: ``cls``'s keyword parameters,
-    with ``defaults`` preset); ``training`` takes ``steps``, ``batch_size``, ``lr``."""
+    with ``defaults`` preset); ``training`` takes ``steps``, ``batch_size``, ``lr``, ``outputs``, ``text``."""
     defaults = dict(defaults or {})
     return register(name, class_builder(cls, **defaults), default_data=default_data, description=description,
                     options=options_of(cls, data=IMAGE_DATA_PARAMS, defaults=defaults),

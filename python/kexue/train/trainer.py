@@ -31,7 +31,6 @@ first batch (ActNorm) do so inside the first forward, which all ranks run togeth
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -47,37 +46,33 @@ from torch import nn
 from kexue.data import Dataset, get_dataset
 from kexue.train import registry
 from kexue.train.optim import adam
+from kexue.train.outputs import make_figures
+from kexue.train.seeds import derive_seed
 from kexue.train.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
     append_metrics,
     load_checkpoint,
     read_metrics,
+    remove_stale_temporaries,
     save_checkpoint,
     truncate_metrics,
 )
 
-# Defaults of the options that a resumed run otherwise takes from its checkpoint.
-DEFAULT_LR = 1e-3
+# Defaults of the options that a resumed run otherwise takes from its checkpoint (a registered
+# model's own steps, batch size and learning rate come first; see kexue.train.registry).
+DEFAULT_LR = registry.DEFAULT_LR
 DEFAULT_SEED = 0
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = registry.DEFAULT_BATCH_SIZE
+# Where a run goes when no output directory is given: runs/<model name>.
+DEFAULT_RUNS_DIR = "runs"
 # Gradient clipping threshold: only there to stop a rare blow-up, not to shape training.
 DEFAULT_MAX_GRAD_NORM = 100.0
 # Toy data sets are drawn with this seed whatever the training seed, so runs with different
 # seeds differ in their model randomness only, on the same data.
 DATA_SEED = 0
-# Number of samples drawn for a figure (image grid or 2-D scatter).
-N_IMAGE_SAMPLES = 64
-N_POINT_SAMPLES = 1000
 CHECKPOINT_FORMAT = 1
 CONFIG_NAME = "config.json"
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from a tuple of ints/strings (stable across runs, machines and Python
-    versions, unlike ``hash``)."""
-    digest = hashlib.sha256(("kexue.train:" + repr(parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class BatchStream:
@@ -271,84 +266,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, batch_size: int, *, seed: int = 
     return _reduce_means(sums, float(count), d)
 
 
-def _warn(msg: str) -> None:
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
-
-
-def make_figures(model: nn.Module, train_data: Dataset, out_dir: Path, step: int, *, seed: int,
-                 device: torch.device) -> list:
-    """Draw this run's figure for ``step``; returns the paths written.
-
-    Images (event shape [C, H, W]): a grid of samples, ``samples_step{k}.png`` and a copy as
-    ``samples.png``. 2-D vectors: ``density.png``, the model density with samples next to the
-    data. Other data: nothing. A model without ``sample``/``log_prob`` (or whose call fails)
-    gets a warning and whatever part of the figure it can provide; training never stops here.
-    """
-    from kexue.train import plots
-
-    shape = tuple(train_data.event_shape)
-    written = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=_fork_devices(device)), torch.no_grad():
-            torch.manual_seed(derive_seed("figures", seed))
-            gen = torch.Generator(device=device).manual_seed(derive_seed("samples", seed))
-            if len(shape) == 3:
-                samples = _try_sample(model, N_IMAGE_SAMPLES, gen, "the sample grid")
-                if samples is None:
-                    return written
-                if tuple(samples.shape[1:]) != shape:
-                    _warn(f"kexue.train: model.sample returned shape {list(samples.shape)}, expected "
-                          f"[n, {', '.join(map(str, shape))}]; no sample grid drawn")
-                    return written
-                path = out_dir / f"samples_step{step}.png"
-                plots.save_sample_grid(samples, path, n_levels=train_data.n_levels, title=f"samples, step {step}")
-                latest = out_dir / "samples.png"
-                latest.write_bytes(path.read_bytes())
-                written += [path, latest]
-            elif shape == (2,):
-                data = train_data.x
-                box = plots.plot_range(data)
-                density, notes = None, []
-                log_prob = getattr(model, "log_prob", None)
-                if callable(log_prob):
-                    try:
-                        density = plots.density_on_grid(log_prob, box, device=device)
-                    except Exception as e:  # noqa: BLE001 - a figure must not end a run
-                        _warn(f"kexue.train: model.log_prob failed ({type(e).__name__}: {e}); "
-                              "density.png has no density map")
-                        notes.append("log_prob failed")
-                else:
-                    _warn(f"kexue.train: {type(model).__name__} has no log_prob; density.png shows samples only")
-                    notes.append("no log_prob")
-                samples = _try_sample(model, N_POINT_SAMPLES, gen, "the samples of density.png")
-                if samples is None:
-                    notes.append("no samples")
-                elif tuple(samples.shape[1:]) != (2,):
-                    _warn(f"kexue.train: model.sample returned shape {list(samples.shape)}, expected [n, 2]")
-                    samples = None
-                path = out_dir / "density.png"
-                plots.save_density_plot(path, data, density=density, box=box, samples=samples,
-                                        title=f"step {step}", notes=", ".join(notes))
-                written.append(path)
-    finally:
-        model.train(was_training)
-    return written
-
-
-def _try_sample(model: nn.Module, n: int, gen: torch.Generator, what: str) -> Optional[torch.Tensor]:
-    sample = getattr(model, "sample", None)
-    if not callable(sample):
-        _warn(f"kexue.train: {type(model).__name__} has no sample(); {what} is skipped")
-        return None
-    try:
-        return sample(n, temperature=1.0, generator=gen)
-    except Exception as e:  # noqa: BLE001 - a figure must not end a run
-        _warn(f"kexue.train: model.sample failed ({type(e).__name__}: {e}); {what} is skipped")
-        return None
-
-
 def _positive(name: str, v: Optional[int]) -> None:
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
         raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
@@ -366,9 +283,9 @@ def train(
     model: Union[str, nn.Module],
     data: Union[str, os.PathLike, Dataset, None] = None,
     *,
-    steps: int,
+    steps: Optional[int] = None,
     batch_size: Optional[int] = None,
-    out_dir: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike, None] = None,
     lr: Optional[float] = None,
     eval_every: Optional[int] = None,
     sample_every: Optional[int] = None,
@@ -382,6 +299,7 @@ def train(
     eval_batch_size: Optional[int] = None,
     device: Optional[str] = None,
     test_data: Optional[Dataset] = None,
+    n_levels: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Train ``model`` on ``data`` for ``steps`` optimizer steps in total; returns
     ``{"step": int, "train": {...}, "test": {...}}`` (the last logged train metrics and the final
@@ -392,8 +310,12 @@ def train(
     - ``data``: a toy name, "digits", a ``.npy`` path (``kexue.data.get_dataset``; its "train"
       split trains, its "test" split evaluates), or a ``Dataset`` (evaluated on ``test_data``,
       or on itself when that is None). Default: the registered model's ``default_data``.
-    - ``batch_size``: examples per step and process (default 64).
-    - Adam with learning rate ``lr`` (default 1e-3), gradients clipped to ``max_grad_norm``
+    - ``steps``: optimizer steps in total; ``batch_size``: examples per step and process;
+      ``lr``: Adam's learning rate. Defaults: the registered model's own (``kexue train --list``
+      shows them; 2000, 64 and 1e-3 for a model given as a module, which must be given steps).
+    - ``out_dir``: default ``runs/<model name>``.
+    - ``n_levels``: the number of levels of integer ``.npy`` images (``kexue.data.get_dataset``).
+    - Adam, gradients clipped to ``max_grad_norm``
       (default 100; the pre-clip norm is logged as ``grad_norm``).
     - Every ``log_every`` steps (default: about 1% of the run, at most 100) the mean train
       metrics since the last record go to ``out_dir/metrics.jsonl``; every ``eval_every`` steps
@@ -406,15 +328,22 @@ def train(
       the checkpoint. Without ``resume``, an existing checkpoint in ``out_dir`` is an error.
     - ``device``: default cuda when available in a single process, cpu under torchrun.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    for name, v in (("batch_size", batch_size), ("eval_every", eval_every), ("sample_every", sample_every),
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    for name, v in (("batch_size", batch_size), ("n_levels", n_levels), ("eval_every", eval_every), ("sample_every", sample_every),
                     ("checkpoint_every", checkpoint_every), ("log_every", log_every),
                     ("eval_batch_size", eval_batch_size)):
         _positive(name, v)
+    if out_dir is None:
+        if isinstance(model, nn.Module):
+            raise ValueError("out_dir is required when the model is given as a module")
+        out_dir = Path(DEFAULT_RUNS_DIR) / str(model)
     out = Path(out_dir)
     ckpt_path = out / CHECKPOINT_NAME
 
+    check_device(device)
     d = _Dist(device)
     ok = False
     try:
@@ -422,24 +351,52 @@ def train(
                       eval_every=eval_every, sample_every=sample_every, checkpoint_every=checkpoint_every,
                       resume=resume, seed=seed, progress=progress, model_kwargs=model_kwargs,
                       max_grad_norm=max_grad_norm, log_every=log_every, eval_batch_size=eval_batch_size,
-                      test_data=test_data)
+                      test_data=test_data, n_levels=n_levels)
         ok = True
         return result
     finally:
         d.close(ok)
 
 
-def _load_data(data, test_data) -> Tuple[Dataset, Dataset, str]:
+def check_device(device: Optional[str]) -> None:
+    """A ValueError when ``device`` names CUDA and this process cannot run kexue's CUDA ops."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name (cpu, cuda or cuda:N)") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: kexue trains on cpu or cuda")
+    if dev.type == "cuda":
+        import kexue
+
+        if not kexue.build_info()["cuda"]:
+            raise ValueError(f"device {device!r}: this kexue build has no CUDA kernels (a CPU build); "
+                             "use --device cpu, or install a CUDA build")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch sees no CUDA device here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices")
+
+
+def load_data(data, test_data=None, n_levels: Optional[int] = None) -> Tuple[Dataset, Dataset, str]:
+    """(train set, test set, name) of ``data`` as ``train`` reads it."""
     if isinstance(data, Dataset):
+        if n_levels is not None:
+            raise ValueError("n_levels is for data given by name or path; this Dataset has its own")
         return data, test_data if test_data is not None else data, data.name
     name = os.fspath(data)
-    return get_dataset(name, "train", seed=DATA_SEED), get_dataset(name, "test", seed=DATA_SEED), name
+    return (get_dataset(name, "train", seed=DATA_SEED, n_levels=n_levels),
+            get_dataset(name, "test", seed=DATA_SEED, n_levels=n_levels), name)
 
 
 def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_size, lr, eval_every,
            sample_every, checkpoint_every, resume, seed, progress, model_kwargs, max_grad_norm, log_every,
-           eval_batch_size, test_data) -> Dict[str, Any]:
+           eval_batch_size, test_data, n_levels) -> Dict[str, Any]:
     main = d.rank == 0
+    if main:
+        remove_stale_temporaries(out)  # left by a process killed while writing a checkpoint
     # ---- the checkpoint to resume from, and the options it implies -------------------------
     ckpt = None
     if ckpt_path.exists():
@@ -466,8 +423,12 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
         data = _resolve("data", None, saved, entry.default_data if entry is not None else None)
         if data is None:
             raise ValueError("data is required when the model is given as a module")
-    batch_size = _resolve("batch_size", batch_size, saved, DEFAULT_BATCH_SIZE)
-    lr = float(_resolve("lr", lr, saved, DEFAULT_LR))
+    steps = _resolve("steps", steps, saved, entry.steps if entry is not None else None)
+    if steps is None:
+        raise ValueError("steps is required when the model is given as a module")
+    batch_size = _resolve("batch_size", batch_size, saved, entry.batch_size if entry is not None else DEFAULT_BATCH_SIZE)
+    lr = float(_resolve("lr", lr, saved, entry.lr if entry is not None else DEFAULT_LR))
+    n_levels = _resolve("n_levels", n_levels, saved, None)
     seed = int(_resolve("seed", seed, saved, DEFAULT_SEED))
     max_grad_norm = float(_resolve("max_grad_norm", max_grad_norm, saved, DEFAULT_MAX_GRAD_NORM))
     eval_every = _resolve("eval_every", eval_every, saved, None)
@@ -478,9 +439,9 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
 
-    train_ds, test_ds, data_name = _load_data(data, test_data)
+    train_ds, test_ds, data_name = load_data(data, test_data, n_levels)
     config = {
-        "model": model_name, "model_kwargs": model_kwargs, "data": data_name, "steps": steps,
+        "model": model_name, "model_kwargs": model_kwargs, "data": data_name, "n_levels": n_levels, "steps": steps,
         "batch_size": batch_size, "lr": lr, "seed": seed, "max_grad_norm": max_grad_norm,
         "eval_every": eval_every, "sample_every": sample_every, "checkpoint_every": checkpoint_every,
         "log_every": log_every, "eval_batch_size": eval_batch_size, "world_size": d.world,
@@ -584,8 +545,10 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
                 _report(bar, done, last_test)
             if main:
                 append_metrics(metrics_path, records)
-                if not with_labels and ((sample_every and done % sample_every == 0) or done == steps):
-                    make_figures(core, train_ds, out, done, seed=seed, device=d.device)
+                if ((sample_every and done % sample_every == 0) or done == steps):
+                    make_figures(core, train_ds, out, done, seed=seed, device=d.device, test_data=test_ds,
+                                 outputs=entry.outputs if entry is not None else None,
+                                 text=entry.text if entry is not None else None)
             if (checkpoint_every and done % checkpoint_every == 0) or done == steps:
                 local = {"rng": _rng_state(d.device), "window_sums": window_sums, "window_count": window_count}
                 rank_states = d.gather(local)

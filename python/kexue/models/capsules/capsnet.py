@@ -30,7 +30,22 @@ class CapsNet(nn.Module):
     """``shared_transform=True`` is the posts' variant: one transform per output capsule shared by
     every input capsule (fewer parameters, routing as clustering); ``squash`` picks the paper's
     or the posts' squash. ``recon_weight`` scales the reconstruction error (0.0005 in the paper,
-    with pixel values in [0, 1])."""
+    with pixel values in [0, 1]).
+
+    Options:
+    n_classes: number of class capsules (classes of the labels)
+    conv_channels: channels of the first convolution (3x3 for 8x8 images, 9x9 for 28x28)
+    primary_caps: primary capsule types (capsules per position of the stride-2 primary conv)
+    primary_dim: dimension of each primary capsule's vector
+    class_dim: dimension of each class capsule's vector
+    iterations: dynamic-routing iterations per forward pass
+    squash: squash function: 'sabour' (|s|²/(1+|s|²)·s/|s|, the paper's) or 'post'
+      (|s|²/(0.5+|s|²)·s/|s|, the posts')
+    shared_transform: one transform per class capsule shared by all primary capsules (the
+      posts' variant) instead of one per primary capsule
+    recon_weight: weight of the reconstruction error (summed squared error, pixels in [0, 1])
+      beside the margin loss
+    """
 
     supervised = True  # kexue train hands it (images, labels) batches
 

@@ -28,6 +28,22 @@ def _pose_init(n_in: int, n_out: int) -> Tensor:
 
 
 class MatrixCapsNet(nn.Module):
+    """Matrix capsules with EM routing over images [B, C, H, W] (see the module docstring):
+    predicts ``n_classes`` class activations, trained with the spread loss.
+
+    Options:
+    n_classes: number of class capsules (classes of the labels)
+    conv_channels: channels of the first (3x3, stride-2) convolution
+    primary_types: primary capsule types (4x4 pose + activation) per position
+    conv_types: capsule types of the convolutional capsule layer
+    kernel: window size K of the convolutional capsule layer (K x K primary positions)
+    stride: stride of the convolutional capsule layer's windows
+    iterations: EM-routing iterations per forward pass (in both capsule layers)
+    final_lambda: inverse temperature of the activations at the last EM iteration (raised
+      linearly to it over the iterations), >= 0
+    margin_steps: training steps over which the spread-loss margin rises from 0.2 to 0.9
+    """
+
     supervised = True  # kexue train hands it (images, labels) batches
 
     def __init__(self, event_shape: Sequence[int] = (1, 8, 8), n_levels: Optional[int] = 17, n_classes: int = 10,

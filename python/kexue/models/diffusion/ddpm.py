@@ -106,7 +106,15 @@ class DDPM(nn.Module):
 
 def build_ddpm(dataset, *, schedule: str = "linear", T: int = 1000, hidden: int = 128, blocks: int = 3,
                base: int = 32) -> DDPM:
-    """The registry's builder: an MLP denoiser for vectors, a UNet for images."""
+    """The registry's builder: an MLP denoiser for vectors, a UNet for images.
+
+    Options:
+    schedule: noise schedule of the forward process: 'linear' or 'cosine'
+    T: number of diffusion timesteps of the noise schedule (the ddpm sampler's default steps)
+    hidden: width of the MLP denoiser (vector data only)
+    blocks: residual blocks of the MLP denoiser (vector data only)
+    base: channels of the UNet's first level, doubled at the second (image data only)
+    """
     shape = tuple(dataset.event_shape)
     if len(shape) == 1:
         x = dataset.x.float()

@@ -18,6 +18,19 @@ Tensor = torch.Tensor
 
 
 class BertFlow(FlowModel):
+    """BERT-flow on embedding vectors [D]: ``levels`` levels of ``depth`` steps (ActNorm →
+    feature reversal → coupling), with a learned-prior split halving the features between
+    levels, so D must be divisible by 2^levels. ``transform`` gives the flowed embeddings.
+
+    Options:
+    levels: number of levels; a learned-prior split factors out half of the features between
+      consecutive levels (D must be divisible by 2^levels)
+    depth: flow steps per level (ActNorm, feature reversal, coupling)
+    hidden: width of the hidden layers of the coupling and split-prior MLPs
+    coupling: 'additive' (volume-preserving, the authors' choice) or 'affine' (Glow's
+      sigmoid(s + 2) scale)
+    """
+
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, levels: int = 2, depth: int = 3,
                  hidden: int = 32, coupling: str = "additive"):
         if len(event_shape) != 1:

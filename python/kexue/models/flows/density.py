@@ -13,8 +13,8 @@ Tensor = torch.Tensor
 
 
 class FlowModel(nn.Module):
-    """A density model ``p(x)`` given by ``self.flow``; the loss is bits/dim (nats/dim for
-    continuous data, where bits are not the custom), averaged over the batch."""
+    """A density model ``p(x)`` given by ``self.flow``; the loss is bits/dim for discrete data
+    and nats per example for continuous data, averaged over the batch."""
 
     def __init__(self, flow: Flow, n_levels: Optional[int]):
         super().__init__()
@@ -31,7 +31,13 @@ class FlowModel(nn.Module):
         return self.flow.log_prob(x)
 
     def loss(self, x: Tensor) -> Dict[str, Tensor]:
+        """Mean negative log-likelihood: bits per dimension ("bpd", also the loss) for discrete
+        data (images with ``n_levels``), nats per example ("nll") for everything; continuous
+        data (2-D toys, embeddings) trains on nats, since bits/dim of a density is no unit
+        anyone reports."""
         nll = -self.log_prob(x)
+        if self.n_levels is None:
+            return {"loss": nll.mean(), "nll": nll.mean().detach()}
         bpd = nll / (self.flow.dim * math.log(2))
         return {"loss": bpd.mean(), "bpd": bpd.mean().detach(), "nll": nll.mean().detach()}
 

@@ -63,6 +63,22 @@ class ResidualStack(nn.Module):
 
 
 class FVAE(nn.Module):
+    """f-VAE on images [C, H, W] (``n_levels`` levels if discrete: dequantised first); see the
+    module docstring for the model and its bound. ``posterior="gaussian"`` is the plain VAE
+    baseline with the same encoder and decoder.
+
+    Options:
+    hidden: channels of the 3x3 convolutions in the encoder's and decoder's residual blocks,
+      and of the posterior flow's coupling and split-prior networks
+    blocks: residual blocks in the encoder E and in the decoder G (each)
+    levels: levels of the posterior flow F, each starting with a squeeze, with a learned-prior
+      split between levels (H and W must be divisible by 2^levels); unused with 'gaussian'
+    depth: flow steps per level of F (ActNorm, channel reversal, additive coupling); unused
+      with 'gaussian'
+    posterior: 'flow' (f-VAE: sigma1*u + E(x) pushed through the flow F) or 'gaussian' (plain
+      VAE with a per-dimension mean and std, the paper's baseline)
+    """
+
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, hidden: int = 64, blocks: int = 4,
                  levels: int = 2, depth: int = 4, posterior: str = "flow"):
         super().__init__()

@@ -41,7 +41,19 @@ def glow_layers(shape, levels: int, depth: int, hidden: int, coupling: str, perm
 class Glow(FlowModel):
     """Glow on images ([C, H, W]: ``levels`` × ``depth`` steps with squeezes and splits) or on
     vectors ([D]: the same without squeezes). ``coupling="additive"`` gives the volume-preserving
-    variant; ``permutation`` picks the 1×1 conv (default), a reversal or a fixed shuffle."""
+    variant; ``permutation`` picks the 1×1 conv (default), a reversal or a fixed shuffle.
+
+    Options:
+    levels: number of levels, each starting with a squeeze on images, with a learned-prior
+      split halving the channels (features for vectors) between levels (None: 2 for images
+      and for vectors with D >= 8, else 1)
+    depth: flow steps per level (ActNorm, channel mixing, coupling)
+    hidden: width of the coupling and split-prior networks (conv channels for images, MLP
+      units for vectors)
+    coupling: 'affine' (Glow's sigmoid(s + 2) scale) or 'additive' (volume-preserving)
+    permutation: channel mixing before each coupling: 'invconv' (learned LU-decomposed 1x1
+      conv), 'reverse' (channel reversal) or 'shuffle' (fixed random permutation)
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, levels: Optional[int] = None,
                  depth: int = 8, hidden: int = 64, coupling: str = "affine", permutation: str = "invconv"):

@@ -35,7 +35,20 @@ class IResNet(FlowModel):
     """i-ResNet (Behrmann et al. 2019): ELU blocks with ``coeff``-bounded spectral norms, the
     log-det series truncated at ``n_terms`` (exact traces for D ≤ 16, else Hutchinson).
     ``block="mlp"`` (default) flattens images; ``block="conv"`` squeezes them and uses the
-    paper's convolutional blocks (operator-norm spectral normalisation)."""
+    paper's convolutional blocks (operator-norm spectral normalisation).
+
+    Options:
+    n_blocks: number of [ActNorm, invertible residual block] pairs
+    hidden: hidden width of each block's residual branch g (MLP units, or conv channels with
+      block 'conv')
+    activation: activation inside g: 'elu', 'lipswish', 'tanh' or 'softplus'
+    coeff: bound on the spectral norm of each linear map/convolution in g, in (0, 1) (keeps g
+      contractive, so the block is invertible)
+    n_terms: terms of the truncated power series of log det(I + J_g)
+    logdet: log-det traces of the MLP blocks: 'exact' (explicit Jacobian), 'hutchinson' (one
+      random probe per sample) or 'auto' (exact for D <= 16); conv blocks always use Hutchinson
+    block: 'mlp' (flattened data) or 'conv' (images only: squeeze, then convolutional blocks)
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, n_blocks: int = 8,
                  hidden: int = 128, activation: str = "elu", coeff: float = 0.9, n_terms: int = 10,
@@ -55,7 +68,19 @@ class IResNet(FlowModel):
 
 class ResidualFlow(IResNet):
     """Residual Flows (Chen et al. 2019): LipSwish blocks, unbiased Russian-roulette log-det
-    with the Neumann-series gradient in training (truncated series in eval)."""
+    with the Neumann-series gradient in training (truncated series in eval).
+
+    Options:
+    n_blocks: number of [ActNorm, residual MLP block] pairs (images are flattened)
+    hidden: hidden width of each block's residual branch g
+    coeff: bound on the spectral norm of each linear map in g, in (0, 1) (keeps g contractive)
+    n_terms: terms of the truncated log-det series in eval mode (exact traces for D <= 16,
+      else Hutchinson)
+    n_exact: log-det series terms always computed in training before the Russian roulette
+    roulette_p: stopping probability of the roulette, in (0, 1): training takes n_exact +
+      Geometric(roulette_p) terms, (1 - p)/p extra terms on average
+    activation: activation inside g: 'lipswish', 'elu', 'tanh' or 'softplus'
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, n_blocks: int = 8,
                  hidden: int = 128, coeff: float = 0.9, n_terms: int = 10, n_exact: int = 2, roulette_p: float = 0.5,

@@ -13,7 +13,14 @@ from kexue.nn.conditioners import MLP
 class NICE(FlowModel):
     """``n_couplings`` additive couplings alternating which interleaved half (odd/even
     features) is updated, each with an MLP of ``depth`` hidden layers, then ``Scaling``.
-    ``n_levels`` (e.g. 17 for the digits) adds dequantisation, so bits/dim are discrete."""
+    ``n_levels`` (e.g. 17 for the digits) adds dequantisation, so bits/dim are discrete.
+
+    Options:
+    n_couplings: number of additive coupling layers (alternating odd/even features)
+    hidden: units per hidden layer of each coupling MLP
+    depth: hidden layers per coupling MLP
+    prior: base distribution: 'logistic' (the paper's) or 'normal'
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, n_couplings: int = 4,
                  hidden: int = 256, depth: int = 4, prior: str = "logistic"):

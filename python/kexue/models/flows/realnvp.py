@@ -16,6 +16,17 @@ class RealNVP(FlowModel):
     ([D]): ``n_couplings`` couplings with alternating interleaved masks and ActNorm between.
 
     The scale is ``exp(clamp·tanh(s/clamp))``: RealNVP's tanh-bounded log-scale.
+
+    Options:
+    n_scales: number of scales for images (H and W must be divisible by 2^(n_scales - 1));
+      unused for vectors
+    hidden: width of the coupling and split-prior networks (conv channels for images, MLP
+      units for vectors)
+    n_couplings: number of masked couplings for vectors (each followed by ActNorm); unused for
+      images
+    clamp: bound on the coupling log-scale, |log scale| < clamp
+    logit_alpha: alpha of the logit preprocessing logit(alpha + (1 - 2 alpha) x) after
+      dequantisation, in [0, 0.5); only with discrete data
     """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, n_scales: int = 2,

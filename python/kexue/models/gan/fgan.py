@@ -35,7 +35,18 @@ class FGAN(AdversarialModel):
     """``divergence``: a name of ``DIVERGENCES`` ("kl", "reverse_kl", "pearson", "neyman",
     "hellinger", "js", "gan"). ``latent_dim``/``hidden`` default to ``nets.default_sizes``;
     ``spectral`` puts the critic under spectral normalisation; ``r1_weight`` is γ of the R1
-    penalty (module docstring)."""
+    penalty (module docstring).
+
+    Options:
+    divergence: the f-divergence the critic bounds: 'kl', 'reverse_kl', 'pearson', 'neyman',
+      'hellinger', 'js' or 'gan'
+    generator_objective: 'alternative' (maximise E_Q[g_f(V(G(z)))], strong early gradients) or
+      'bound' (minimise the critic's divergence bound)
+    latent_dim: dimension of the generator's N(0, I) latent z (None: 8 for vectors, 16 for images)
+    hidden: width of the generator's and critic's hidden layers (None: 128 for vectors, 256 for images)
+    spectral: put every critic weight under spectral normalisation
+    r1_weight: weight gamma of the R1 penalty (gamma/2)·E_P|grad_x V(x)|² on the critic, >= 0 (0: off)
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, divergence: str = "js",
                  generator_objective: str = "alternative", latent_dim: Optional[int] = None,

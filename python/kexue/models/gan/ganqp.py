@@ -54,7 +54,16 @@ def _check_qp(who: str, lam: float, distance: str) -> None:
 
 
 class GANQP(AdversarialModel):
-    """GAN-QP: the pairs are (batch[i], G(z_i)); ``critic_metrics`` reports ``qp_gap`` = E[Δ]."""
+    """GAN-QP: the pairs are (batch[i], G(z_i)); ``critic_metrics`` reports ``qp_gap`` = E[Δ].
+
+    Options:
+    lam: lambda of the quadratic potential Δ²/(2·lambda·d) in the critic loss, > 0 (bounds Δ by
+      lambda·d at the optimum)
+    distance: per-pair distance d of a real and a fake sample: 'l1' (mean absolute difference)
+      or 'l2' (root mean square difference)
+    latent_dim: dimension of the generator's N(0, I) latent z (None: 8 for vectors, 16 for images)
+    hidden: width of the generator's and critic's hidden layers (None: 128 for vectors, 256 for images)
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, lam: float = 10.0,
                  distance: str = "l1", latent_dim: Optional[int] = None, hidden: Optional[int] = None):
@@ -90,6 +99,19 @@ class BiGANQP(AdversarialModel):
     (``sg`` = stop gradient; squared errors averaged over elements): the post's reconstruction
     terms, each training one network — the latent one the encoder, the pixel one the generator.
     Defaults ``w_z = 2``, ``w_x = 3`` and λ = 10 follow the post's code.
+
+    Options:
+    lam: lambda of the quadratic potential Δ²/(2·lambda·d) in the critic loss, > 0
+    distance: per-element distance used for both parts of the pair distance d(x, G(z)) +
+      d(E(x), z): 'l1' (mean absolute difference) or 'l2' (root mean square difference)
+    latent_weight: weight w_z of the latent reconstruction error |z - E(G(z))|² (trains the
+      encoder), >= 0
+    pixel_weight: weight w_x of the pixel reconstruction error |x - G(E(x))|² (trains the
+      generator), >= 0
+    latent_dim: dimension of the latent z (the prior N(0, I) and the encoder's output; None: 8
+      for vectors, 16 for images)
+    hidden: width of the generator's, encoder's and critic's hidden layers (None: 128 for
+      vectors, 256 for images)
     """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, lam: float = 10.0,

@@ -25,6 +25,12 @@ class SNGAN(FGAN):
     ``E relu(1 − V(x_r)) + E relu(1 + V(x_f))`` and the generator ``−E V(x_f)``.
     ``"nonsaturating"``: the original GAN loss, i.e. the f-GAN ``"gan"`` entry with the
     alternative generator objective ``−E log σ(V(x_f))``.
+
+    Options:
+    objective: 'hinge' (hinge critic loss, generator -E V(x_f)) or 'nonsaturating' (the
+      original GAN loss)
+    latent_dim: dimension of the generator's N(0, I) latent z (None: 8 for vectors, 16 for images)
+    hidden: width of the generator's and critic's hidden layers (None: 128 for vectors, 256 for images)
     """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, objective: str = "hinge",
@@ -59,7 +65,13 @@ class SNGAN(FGAN):
 class WGANGP(AdversarialModel):
     """WGAN-GP: the critic minimises ``E V(x_f) − E V(x_r) + λ E(‖∇V(x̂)‖ − 1)²`` with
     ``x̂ = αx_r + (1−α)x_f``, α ~ U[0, 1] per pair (``kexue.nn.gradient_penalty``; α comes from
-    the global RNG, which ``kexue.train`` seeds per step); the generator minimises ``−E V(x_f)``."""
+    the global RNG, which ``kexue.train`` seeds per step); the generator minimises ``−E V(x_f)``.
+
+    Options:
+    gp_weight: weight lambda of the gradient penalty (|grad V(x_hat)| - 1)² in the critic loss, >= 0
+    latent_dim: dimension of the generator's N(0, I) latent z (None: 8 for vectors, 16 for images)
+    hidden: width of the generator's and critic's hidden layers (None: 128 for vectors, 256 for images)
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, gp_weight: float = 10.0,
                  latent_dim: Optional[int] = None, hidden: Optional[int] = None):

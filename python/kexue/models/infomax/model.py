@@ -51,6 +51,15 @@ class DeepInfoMax(nn.Module):
     ``2·hidden`` channels, global max pooling, and linear heads for μ and log σ² of the
     ``z_dim``-dimensional code. Discriminators: an MLP on [flattened feature map, z] (global)
     and 1×1 convolutions on [feature, z] per position (local), ``hidden`` wide.
+
+    Options:
+    z_dim: dimension of the Gaussian code z (and of the retrieval features mu(x))
+    hidden: channels of the local feature map (2x in the global encoder) and width of the
+      discriminators
+    alpha: weight of the global mutual-information term (image feature map vs code), >= 0
+    beta: weight of the local mutual-information term (each feature-map position vs code), >= 0
+    gamma: weight of the KL(p(z|x) || N(0, I)) prior term (averaged over the code's
+      dimensions), >= 0
     """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, z_dim: int = 32,

@@ -71,7 +71,19 @@ class UniLM(nn.Module):
     with ``heads`` heads, rotary positions (base ``rope_base``), residual arrangement ``norm``
     ("pre", "post" or "deepnorm") → a linear layer to ``vocab_size + 1`` classes (the content
     ids and END). ``source_length``: where a plain [B, L] batch is split into source and target
-    (default L // 2)."""
+    (default L // 2).
+
+    Options:
+    dim: model width (hidden size); dim / heads must be even
+    heads: attention heads per block
+    layers: Transformer blocks
+    ffn_mult: feed-forward hidden width as a multiple of dim
+    norm: residual arrangement of the blocks: 'pre', 'post' or 'deepnorm'
+    dropout: dropout probability on the attention and feed-forward outputs, in [0, 1)
+    rope_base: base of the rotary position frequencies
+    source_length: ids of each line taken as the source, the rest being the target (must be
+      below the line length; None: half the line)
+    """
 
     def __init__(self, vocab_size: int, *, dim: int = 128, heads: int = 4, layers: int = 4, ffn_mult: int = 4,
                  norm: str = "pre", dropout: float = 0.0, rope_base: float = 10000.0,

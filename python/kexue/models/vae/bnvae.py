@@ -48,7 +48,12 @@ BN_EPS = 1e-8
 
 class BNVAE(VAE):
     """``VAE`` with the BN latent of the module docstring; ``tau`` the guaranteed share of μ in
-    the prior's unit variance (the post's default 0.5). Other arguments as ``VAE``."""
+    the prior's unit variance (the post's default 0.5). Other arguments as ``VAE``.
+
+    Options:
+    tau: share of the prior's unit variance guaranteed to the posterior means, in [0, 1); keeps
+      the batch-averaged KL >= -1/2 log(1 - tau) per latent dimension
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, *, tau: float = 0.5, **kwargs):
         super().__init__(event_shape, n_levels, **kwargs)

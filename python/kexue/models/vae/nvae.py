@@ -87,6 +87,19 @@ class NVAE(nn.Module):
     resolution / 2^(scales−1)) to the bottom (full resolution); ``channels`` is the feature width
     at full resolution (doubled at each coarser scale) and ``latent_channels`` the channels of
     each group's z.
+
+    Options:
+    channels: feature channels at full resolution (doubled at each coarser scale)
+    latent_channels: channels of each latent group's z
+    groups_per_scale: latent groups per scale, coarsest first (JSON list; n scales need H and W
+      divisible by 2^(n-1))
+    cells_per_group: residual cells per latent group in the encoder and in the decoder
+    expand: channel expansion factor of the decoder cells' depthwise 5x5 stage
+    warmup_steps: training steps over which the KL weight rises linearly to 1 (0: no warm-up)
+    min_kl_coeff: floor of the KL weight during the warm-up, in (0, 1]
+    spectral_lambda: weight of the spectral regulariser (sum of the convolutions' largest
+      singular values) in the training loss, >= 0 (0: off)
+    power_iterations: power-iteration steps per training step for the spectral norms
     """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int], *, channels: int = 16,

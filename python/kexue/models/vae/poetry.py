@@ -60,7 +60,16 @@ def _as_vocabulary(vocab: Union[Vocabulary, str, Sequence[str]]) -> Vocabulary:
 class PoetryVAE(nn.Module):
     """CNN-VAE over character ids [B, L] (``length`` = L) with vocabulary ``vocab`` (a
     ``kexue.data.Vocabulary`` or its characters). The vocabulary travels in the state dict (as
-    code points), so a loaded model decodes its own ids."""
+    code points), so a loaded model decodes its own ids.
+
+    Options:
+    hidden: width of the character embedding and of the gated conv feature maps
+    latent_dim: number of latent dimensions of z
+    blocks: gated conv residual blocks in the encoder and in the decoder (dilations 1, 2, 4, ...)
+    kernel_size: width of the gated 1-D convolutions (a positive odd integer)
+    bn: batch-normalise the posterior's mean and std (BN-VAE latent, keeps the KL from collapsing)
+    tau: with bn=true, share of the prior's unit variance guaranteed to the posterior means, in [0, 1)
+    """
 
     def __init__(self, vocab: Union[Vocabulary, str, Sequence[str]], length: int, *, hidden: int = 128,
                  latent_dim: int = 64, blocks: int = 2, kernel_size: int = 3, bn: bool = False,

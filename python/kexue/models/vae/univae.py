@@ -87,6 +87,23 @@ class UniVAE(nn.Module):
     ``rope_base``), residual arrangement ``norm``; latents of sizes ``latent_dims`` before the top
     ``len(latent_dims)`` blocks (bottom to top), distributed as ``latent`` ("vmf" with
     concentration ``kappa``, or "gaussian"). ``max_length``: the default length of ``sample``.
+
+    Options:
+    dim: model width (hidden size); dim / heads must be even
+    heads: attention heads per block
+    layers: Transformer blocks (more than len(latent_dims))
+    latent_dims: sizes of the latents, one per top block, bottom to top (JSON list; >= 2 each
+      for 'vmf')
+    latent: 'vmf' (fixed-kappa vMF posterior, uniform prior on the sphere, constant KL) or
+      'gaussian' (diagonal normal posterior, N(0, I) prior) latent distribution
+    kappa: concentration of the vMF posteriors, > 0 (larger: more information per latent, a
+      larger constant KL); used with latent='vmf'
+    ffn_mult: feed-forward hidden width as a multiple of dim
+    norm: residual arrangement of the blocks: 'pre', 'post' or 'deepnorm'
+    dropout: dropout probability on the attention and feed-forward outputs, in [0, 1)
+    rope_base: base of the rotary position frequencies
+    max_length: default maximum length (content ids) of sampled sentences (None: sample needs
+      max_len)
     """
 
     def __init__(self, vocab_size: int, *, dim: int = 128, heads: int = 4, layers: int = 4,

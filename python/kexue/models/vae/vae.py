@@ -77,6 +77,17 @@ class VAE(nn.Module):
     width ``hidden``; ``decoder`` in ``observations.OBSERVATIONS`` (None: categorical for
     discrete data, Gaussian otherwise), ``sigma`` the Gaussian decoder's fixed σ (None:
     learned); ``beta`` the weight of the KL term in the training loss.
+
+    Options:
+    latent_dim: number of latent dimensions (2 allows the latent map)
+    hidden: width of the encoder's and decoder's hidden layers
+    layers: number of hidden Linear+SiLU layers in the encoder and in the decoder (0: linear maps)
+    decoder: 'categorical', 'bernoulli' or 'gaussian' decoder likelihood (None: categorical for
+      discrete data, gaussian otherwise)
+    sigma: the Gaussian decoder's fixed std, in [0, 1]-scaled pixel units for discrete data
+      (None: one learned std; only with decoder 'gaussian')
+    beta: weight of the KL term in the training loss, >= 0 (1: the true ELBO; reported bounds
+      always use 1)
     """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, *, latent_dim: int = 16,

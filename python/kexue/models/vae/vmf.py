@@ -30,7 +30,12 @@ Tensor = torch.Tensor
 
 class VMFVAE(VAE):
     """``VAE`` with a vMF posterior of fixed concentration ``kappa`` on S^{latent_dim−1} and a
-    uniform prior (``latent_dim`` ≥ 2). Other arguments as ``VAE``."""
+    uniform prior (``latent_dim`` ≥ 2). Other arguments as ``VAE``.
+
+    Options:
+    kappa: fixed concentration of the vMF posterior, > 0 (larger: less noise, a larger constant KL)
+    latent_dim: dimension d of the latent space, >= 2 (codes lie on the unit sphere S^(d-1))
+    """
 
     def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, *, kappa: float = 50.0, **kwargs):
         if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not math.isfinite(kappa) or kappa <= 0:
