@@ -32,7 +32,13 @@ LOG_2PI = math.log(2 * math.pi)
 class DiagGaussian(nn.Module):
     """N(mean, diag(exp(log_std))²) over the event shape; integer data (n_levels) is dequantised
     with noise from the global RNG, as the real image models do. ``actnorm=True`` puts a
-    kexue.nn.ActNorm (data-dependent init, an all_reduce under DDP) in front."""
+    kexue.nn.ActNorm (data-dependent init, an all_reduce under DDP) in front.
+
+    Options:
+      init_log_std: initial log standard deviation of every dimension
+      init_noise: start the mean from N(0, 1) instead of zeros
+      actnorm: put an ActNorm layer in front
+    """
 
     def __init__(self, event_shape, n_levels=None, *, init_log_std=0.0, init_noise=False, actnorm=False):
         super().__init__()
@@ -88,16 +94,12 @@ class LossOnly(nn.Module):
         return self.inner.loss(x)
 
 
-def build_gaussian(dataset, **overrides):
-    return DiagGaussian(dataset.event_shape, dataset.n_levels, **overrides)
-
-
 def build_loss_only(dataset, **overrides):
     return LossOnly(dataset.event_shape, dataset.n_levels, **overrides)
 
 
-registry.register("test-gaussian", build_gaussian, default_data="8gaussians",
-                  description="test stand-in: diagonal Gaussian", replace=True)
+GAUSSIAN = registry.register_class("test-gaussian", DiagGaussian, default_data="8gaussians",
+                                  description="test stand-in: diagonal Gaussian", steps=30, batch_size=32, lr=0.05)
 registry.register("test-lossonly", build_loss_only, default_data="8gaussians",
                   description="test stand-in: loss only", replace=True)
 
@@ -120,15 +122,26 @@ def params(out):
 def test_registry_get_names_and_errors():
     assert "test-gaussian" in registry.names()
     entry = registry.get("test-gaussian")
-    assert entry.default_data == "8gaussians" and entry.builder is build_gaussian
+    assert entry.default_data == "8gaussians" and entry.builder.model_class is DiagGaussian
+    assert [(o.name, o.default, o.type) for o in entry.options] == [
+        ("init_log_std", 0.0, "float"), ("init_noise", False, "bool"), ("actnorm", False, "bool")]
+    assert entry.options[0].help == "initial log standard deviation of every dimension"
     with pytest.raises(ValueError, match=r"unknown model 'no-such-model'.*test-gaussian"):
         registry.get("no-such-model")
-    # same builder again: a no-op; another builder under a taken name: an error
-    registry.register("test-gaussian", build_gaussian, default_data="8gaussians", description="again")
+    # same class again: a no-op; another builder under a taken name: an error
+    registry.register_class("test-gaussian", DiagGaussian, default_data="8gaussians", description="again")
     with pytest.raises(ValueError, match="already registered"):
         registry.register("test-gaussian", build_loss_only, default_data="8gaussians", description="x")
-    registry.register("test-gaussian", build_gaussian, default_data="8gaussians",
-                      description="test stand-in: diagonal Gaussian", replace=True)
+    registry.MODELS["test-gaussian"] = GAUSSIAN
+    # options are checked when the model is built
+    with pytest.raises(ValueError, match=r"no option 'init_log_sd'; did you mean 'init_log_std'"):
+        entry.build(kexue.data.get_dataset("8gaussians", n=10), init_log_sd=1.0)
+    with pytest.raises(ValueError, match=r"option actnorm: expected bool"):
+        entry.build(kexue.data.get_dataset("8gaussians", n=10), actnorm="yes")
+    with pytest.raises(ValueError, match=r"n_levels is taken from the data set.*--levels"):
+        entry.build(kexue.data.get_dataset("8gaussians", n=10), n_levels=3)
+    # a builder with **overrides registered without options: keys pass through unchecked
+    assert registry.get("test-lossonly").open_options
 
 
 def test_batch_stream_is_a_function_of_seed_rank_step():
@@ -282,8 +295,6 @@ def test_unknown_model_and_data_errors(tmp_path, capsys):
     assert kexue.cli.main(["train", "test-gaussian", "--data", "x.txt", "--steps", "1",
                            "--out", str(tmp_path / "d")]) == 2
     assert "unknown data set 'x.txt'" in capsys.readouterr().err
-    assert kexue.cli.main(["train", "test-gaussian"]) == 2
-    assert "--steps, --out required" in capsys.readouterr().err
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -291,8 +302,14 @@ def test_unknown_model_and_data_errors(tmp_path, capsys):
 def test_cli_parse_values():
     assert kexue.cli.parse_sets(["a=3", "b=0.5", "c=true", "d=No", "e=none", "f=logistic", "g=[1, 2]", "h=1e-3"]) == {
         "a": 3, "b": 0.5, "c": True, "d": False, "e": None, "f": "logistic", "g": [1, 2], "h": 1e-3}
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(kexue.cli.CommandError, match="key=value"):
         kexue.cli.parse_sets(["novalue"])
+    # with a model: by the declared type
+    assert kexue.cli.parse_sets(["init_log_std=1", "actnorm=on"], GAUSSIAN) == {"init_log_std": 1.0, "actnorm": True}
+    with pytest.raises(kexue.cli.CommandError, match=r"--set init_log_std=big: expected float \(default 0.0\)"):
+        kexue.cli.parse_sets(["init_log_std=big"], GAUSSIAN)
+    with pytest.raises(kexue.cli.CommandError, match=r"lr is a kexue train flag.*use --lr"):
+        kexue.cli.parse_sets(["lr=0.1"], GAUSSIAN)
 
 
 def test_cli_train_list_and_run(tmp_path, capsys):

@@ -16,4 +16,12 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "nn", "build_info", "__version__"]
+def load_run(run_dir, device="cpu"):
+    """The trained model of a ``kexue train`` output directory, with its config and data
+    description (``kexue.train.runs.load_run``)."""
+    from kexue.train.runs import load_run as _load_run
+
+    return _load_run(run_dir, device=device)
+
+
+__all__ = ["ops", "nn", "build_info", "load_run", "__version__"]

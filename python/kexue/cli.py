@@ -1,11 +1,42 @@
-"""The ``kexue`` command: ``kexue demo``, ``kexue bench [op]``, ``kexue train <model>``."""
+"""The ``kexue`` command: ``kexue train MODEL``, ``kexue sample RUN_DIR``, ``kexue bench [op]``,
+``kexue demo``.
+
+Errors are one line on stderr naming what was wrong and what is valid, with exit status 2 for
+a bad request (unknown model, option, data, device) and 1 for a failure while running (a full
+disk); ``--debug`` shows the Python traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import textwrap
+from typing import Dict, List, Optional, Sequence
 
 import torch
+
+# Flags of ``kexue train`` that a model option must not shadow: ``--set lr=...`` would be
+# ambiguous, so it is an error naming the flag.
+TRAIN_FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
+               "device": "--device", "out": "--out", "out_dir": "--out", "data": "--data",
+               "n_levels": "--levels", "levels": "--levels", "resume": "--resume",
+               "max_grad_norm": "--max-grad-norm", "eval_every": "--eval-every",
+               "sample_every": "--sample-every", "checkpoint_every": "--checkpoint-every",
+               "log_every": "--log-every", "eval_batch_size": "--eval-batch-size"}
+# Exceptions that mean "the request was wrong" (exit 2) rather than "running it failed" (exit 1).
+USAGE_ERRORS = (ValueError, LookupError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+class CommandError(Exception):
+    """A bad command line, reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the whole usage block above them)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's interface
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _default_device() -> str:
@@ -14,14 +45,25 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() and kexue.build_info()["cuda"] else "cpu"
 
 
+# ---- kexue bench / demo ------------------------------------------------------------------------
+
+def _suite_names() -> List[str]:
+    from kexue.bench import SUITES
+
+    return list(SUITES)
+
+
 def cmd_bench(args) -> int:
     from kexue.bench import SUITES, format_table, machine_info, run_cases, write_json
 
     names = list(SUITES) if args.op in (None, "all") else [args.op]
     unknown = [n for n in names if n not in SUITES]
     if unknown:
-        print(f"kexue bench: unknown op {unknown[0]!r}; choose from {', '.join(SUITES)} or all", file=sys.stderr)
-        return 2
+        raise CommandError(f"unknown op family {unknown[0]!r}; choose from {', '.join(SUITES)} or all")
+    if args.device:
+        from kexue.train.trainer import check_device
+
+        check_device(args.device)
     device = args.device or _default_device()
     cases = [c for n in names for c in SUITES[n](device)]
     info = machine_info(device)
@@ -59,41 +101,53 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def parse_value(text: str):
-    """A ``--set`` value: true/false/yes/no/on/off, none/null, an int, a float, a JSON list or
-    object, else the string itself."""
-    low = text.strip().lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    if text.strip()[:1] in "[{":
-        import json
+# ---- kexue train -------------------------------------------------------------------------------
 
-        try:
-            return json.loads(text)
-        except ValueError:
-            pass
-    return text
+def parse_sets(pairs: Sequence[str], entry=None) -> Dict[str, object]:
+    """``["depth=4", "prior=logistic"]`` -> ``{"depth": 4, "prior": "logistic"}``: each value read
+    by its option's declared type when ``entry`` (a registry entry) is given, else loosely."""
+    from kexue.train.options import parse_loose
 
-
-def parse_sets(pairs) -> dict:
-    """``["depth=4", "prior=logistic"]`` -> ``{"depth": 4, "prior": "logistic"}``."""
     out = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        out[key] = parse_value(value)
+            raise CommandError(f"--set expects key=value, got {pair!r}")
+        if entry is None:
+            out[key] = parse_loose(value)
+            continue
+        opt = entry.option_index.get(key)
+        if opt is None and key in TRAIN_FLAGS:
+            raise CommandError(f"--set {key}=...: {key} is a kexue train flag, not a model option; "
+                               f"use {TRAIN_FLAGS[key]}")
+        if opt is None:
+            if entry.open_options:
+                out[key] = parse_loose(value)
+                continue
+            raise CommandError(f"--set {pair}: {entry.unknown_option(key)}")
+        try:
+            out[key] = opt.parse(value)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
     return out
+
+
+def format_options(entry) -> str:
+    """The ``--set`` keys of a registry entry, one per line: name, type, default and meaning."""
+    lines = [f"options of {entry.name} (--set KEY=VALUE):"]
+    if not entry.options:
+        lines.append("  (none)")
+    width = max((len(o.name) for o in entry.options), default=0)
+    for o in entry.options:
+        head = f"  {o.name:<{width}}  {o.type or 'any'}, default {o.default!r}"
+        lines.append(head)
+        if o.help:
+            lines += textwrap.wrap(o.help, 88, initial_indent=" " * (width + 4), subsequent_indent=" " * (width + 4))
+    lines.append("")
+    lines.append(f"training defaults: --steps {entry.steps} --batch-size {entry.batch_size} --lr {entry.lr:g}"
+                 f" --data {entry.default_data}")
+    return "\n".join(lines)
 
 
 def cmd_train(args) -> int:
@@ -106,46 +160,89 @@ def cmd_train(args) -> int:
         width = max((len(n) for n in names), default=0)
         for name in names:
             entry = registry.get(name)
-            print(f"{name:<{width}}  {entry.description} (default data: {entry.default_data})")
+            print(f"{name:<{width}}  {entry.description} (data {entry.default_data}, {entry.steps} steps, "
+                  f"batch {entry.batch_size}, lr {entry.lr:g})")
+        print("\nkexue train MODEL --help lists a model's options")
         return 0
-    missing = [flag for flag, v in (("<model>", args.model), ("--steps", args.steps), ("--out", args.out)) if v is None]
-    if missing:
-        print(f"kexue train: {', '.join(missing)} required (or --list to see the models)", file=sys.stderr)
-        return 2
+    if args.model is None:
+        raise CommandError("name a model (kexue train --list shows them)")
+    entry = registry.get(args.model)
+    model_kwargs = parse_sets(args.set, entry)
     from kexue.train import train
 
-    try:
-        model_kwargs = parse_sets(args.set)
-        result = train(args.model, args.data, steps=args.steps, batch_size=args.batch_size, out_dir=args.out,
-                       lr=args.lr, eval_every=args.eval_every, sample_every=args.sample_every,
-                       checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-                       progress=not args.no_progress, model_kwargs=model_kwargs or None,
-                       max_grad_norm=args.max_grad_norm, log_every=args.log_every,
-                       eval_batch_size=args.eval_batch_size, device=args.device)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"kexue train: error: {e}", file=sys.stderr)
-        return 2
+    out = args.out if args.out is not None else os.path.join("runs", args.model)
+    result = train(args.model, args.data, steps=args.steps, batch_size=args.batch_size, out_dir=out,
+                   lr=args.lr, eval_every=args.eval_every, sample_every=args.sample_every,
+                   checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
+                   progress=not args.no_progress, model_kwargs=model_kwargs or None,
+                   max_grad_norm=args.max_grad_norm, log_every=args.log_every,
+                   eval_batch_size=args.eval_batch_size, device=args.device, n_levels=args.levels)
     if int(os.environ.get("RANK", "0")) == 0:
         for split in ("train", "test"):
             vals = ", ".join(f"{k} {v:.4g}" for k, v in result[split].items() if isinstance(v, float))
             print(f"step {result['step']} {split}: {vals}")
-        print(f"outputs in {args.out}")
+        print(f"outputs in {out}")
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="kexue", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+# ---- kexue sample ------------------------------------------------------------------------------
+
+def cmd_sample(args) -> int:
+    from kexue.train.runs import load_run, sample_run
+
+    run = load_run(args.run_dir, device=args.device or "cpu")
+    out = args.out if args.out is not None else os.path.join(args.run_dir, "generated.png"
+                                                            if run.entry.text is None else "generated.txt")
+    for path in sample_run(run, args.n, out, seed=args.seed):
+        print(path)
+    return 0
+
+
+# ---- the parser --------------------------------------------------------------------------------
+
+def _train_model_of(argv: Sequence[str]) -> Optional[str]:
+    """The MODEL of ``kexue train MODEL ...`` (before parsing, for ``--help``'s option list)."""
+    if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
+        return argv[1]
+    return None
+
+
+def _train_epilog(model: Optional[str]) -> Optional[str]:
+    if model is None:
+        return "kexue train MODEL --help lists that model's options and defaults"
+    from kexue.train import registry
+
+    try:
+        return format_options(registry.get(model))
+    except ValueError as e:
+        return str(e)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    import kexue
+
+    parser = _Parser(prog="kexue", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"kexue {kexue.__version__} (torch {torch.__version__}, "
+                                f"{'CUDA' if kexue.build_info()['cuda'] else 'CPU'} build)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def debug(p):
+        p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
 
     def common(p):
-        p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
         p.add_argument("--json", default=None, help="also write the results as JSON to this path")
         p.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) column")
         p.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per variant and round")
         p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
+        debug(p)
 
+    suites = _suite_names()
     p = sub.add_parser("bench", help="microbenchmarks: ours vs eager vs torch.compile(reference)")
-    p.add_argument("op", nargs="?", default=None, help="op family (coupling, actnorm) or all")
+    p.add_argument("op", nargs="?", default=None, metavar="OP",
+                   help=f"op family: {', '.join(suites)}, or all (the default)")
     p.add_argument("-v", "--verbose", action="store_true")
     common(p)
     p.set_defaults(func=cmd_bench)
@@ -157,15 +254,19 @@ def main(argv=None) -> int:
     p.add_argument("--bench-only", action="store_true", help="stop after the benchmark")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a registered model (kexue train --list shows them)")
+    p = sub.add_parser("train", help="train a registered model (kexue train --list shows them)",
+                       epilog=_train_epilog(_train_model_of(argv)),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None, help="registered model name")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
-    p.add_argument("--data", default=None, help="toy density name, 'digits' or a .npy path (default: the model's)")
-    p.add_argument("--steps", type=int, default=None, help="total optimizer steps (a resumed run continues to it)")
-    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default 64 for a new run)")
-    p.add_argument("--out", default=None, help="output directory: metrics.jsonl, checkpoint.pt, figures")
+    p.add_argument("--data", default=None, help="toy density name, 'digits', a .npy or .txt path (default: the model's)")
+    p.add_argument("--levels", type=int, default=None, metavar="N",
+                   help="number of levels of integer .npy images (default: 256 for uint8, else max + 1)")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default: the model's)")
+    p.add_argument("--out", default=None, help="output directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's)")
     p.add_argument("--eval-every", type=int, default=None, help="test-set evaluation period (default: at the end)")
     p.add_argument("--sample-every", type=int, default=None, help="figure period (default: at the end)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint period (default: at the end)")
@@ -177,11 +278,47 @@ def main(argv=None) -> int:
                    help="cpu, cuda or cuda:N (default: cuda when available; cpu under torchrun)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model option for the model's builder (repeatable)")
+                   help="a model option (repeatable; kexue train MODEL --help lists them)")
+    debug(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("sample", help="draw samples from a trained run (a kexue train output directory)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's output directory (or its checkpoint.pt)")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--out", default=None,
+                   help="file to write: .png (picture + .npy), .npy, or .txt for text models "
+                        "(default RUN_DIR/generated.png or .txt)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    debug(p)
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text += f": {e.filename}"
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("KEXUE_DEBUG", "") not in ("", "0")
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"kexue {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place errors become a line of text
+        if debug:
+            raise
+        status = 2 if isinstance(e, (CommandError,) + USAGE_ERRORS) else 1
+        hint = "" if status == 2 else " (--debug shows the traceback)"
+        print(f"kexue {args.command}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -33,9 +33,14 @@ FILE_MODE = 0o644
 
 
 def _atomic_write(path: Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``; an
+    OSError names ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + path.name + ".", suffix=TMP_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + path.name + ".", suffix=TMP_SUFFIX)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -43,11 +48,13 @@ def _atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)  # mkstemp makes files owner-only; a checkpoint is ordinary data
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -57,11 +64,7 @@ def save_checkpoint(path: os.PathLike | str, state: Dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getbuffer()
-    path = Path(path)
-    try:
-        _atomic_write(path, lambda f: f.write(data))
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write the checkpoint {path}: {e.strerror or e}") from e
+    _atomic_write(Path(path), lambda f: f.write(data))
 
 
 def remove_stale_temporaries(directory: os.PathLike | str) -> List[Path]:
