@@ -229,3 +229,43 @@ def test_load_run_and_sample(capsys, tmp_path):
     assert rc == 2 and "-n must be a positive integer" in one_line_error(err)
     rc, _, err = run_cli(capsys, "sample", str(out), "--out", str(tmp_path / "x.jpg"))
     assert rc == 2 and ".png, .npy or .txt" in one_line_error(err)
+
+
+# ---- every registered model trains from the command line and writes its outputs ----------------
+
+# What each kind of run must leave beside checkpoint.pt, config.json and metrics.jsonl.
+EXPECTED_OUTPUTS = {"infomax": {"neighbours.png", "knn.json"}, "capsnet": {"reconstructions.png", "overlapping_digits.png", "overlapping_digits.json"},
+                    "matrixcaps": {"confusion.png", "confusion.json"},
+                    "poetry-vae": {"samples.txt"}, "univae": {"samples.txt"}, "unilm": {"samples.txt"}}
+
+
+def _lines_file(tmp_path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    chars = "春风花月山水云雨夜秋，。"
+    lines = ["".join(chars[int(i)] for i in torch.randint(0, len(chars), (10,), generator=g)) for _ in range(120)]
+    path = tmp_path / "lines.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", [n for n in registry.names() if not n.startswith("test-")])
+def test_every_model_trains_by_name_without_warnings(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KEXUE_POEMS", str(_lines_file(tmp_path)))
+    monkeypatch.chdir(tmp_path)
+    entry = registry.get(name)
+    extra = {"ddpm": ["--set", "T=100"], "nvae": ["--set", "channels=8"], "unilm": ["--set", "dim=32"],
+             "univae": ["--set", "dim=32"]}.get(name, [])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rc, out, err = run_cli(capsys, "train", name, "--steps", "2", "--batch-size", "8", "--no-progress", *extra)
+    assert rc == 0, err
+    assert "warning" not in err.lower(), err
+    run_dir = tmp_path / "runs" / name
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"checkpoint.pt", "config.json", "metrics.jsonl"} <= names
+    shape = tuple(kexue.load_run(run_dir).data.event_shape)
+    expected = EXPECTED_OUTPUTS.get(name, {"samples.png"} if len(shape) == 3 else {"density.png"} if shape == (2,) else set())
+    assert expected <= names, (name, names)
+    assert entry.default_data

@@ -67,10 +67,10 @@ def image_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 1) -
 
 
 def save_sample_grid(samples: torch.Tensor, path: os.PathLike | str, *, n_levels: Optional[int] = None,
-                     title: Optional[str] = None) -> None:
-    """Write a PNG grid of image samples [N, C, H, W]: grey for one channel, RGB for three
-    (other channel counts show the first channel)."""
-    grid = image_grid(to_unit_range(samples, n_levels))
+                     title: Optional[str] = None, nrow: Optional[int] = None) -> None:
+    """Write a PNG grid of image samples [N, C, H, W] (``nrow`` per row, default square): grey
+    for one channel, RGB for three (other channel counts show the first channel)."""
+    grid = image_grid(to_unit_range(samples, n_levels), nrow=nrow)
     if grid.shape[2] == 3:
         img, kw = grid.numpy(), {}
     else:
@@ -153,5 +153,28 @@ def save_density_plot(path: os.PathLike | str, data: torch.Tensor, *, density: O
     fig.savefig(os.fspath(path))
 
 
-__all__ = ["density_on_grid", "image_grid", "plot_range", "save_density_plot", "save_sample_grid",
-           "to_unit_range"]
+def save_confusion_matrix(counts: torch.Tensor, path: os.PathLike | str, *, title: Optional[str] = None) -> None:
+    """A heat map of a [K, K] confusion matrix (rows: true class, columns: predicted), each cell
+    labelled with its count."""
+    c = counts.detach().cpu().long()
+    k = c.shape[0]
+    fig = _figure(1.0 + 0.5 * k, 0.8 + 0.5 * k)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(c.numpy(), cmap="Blues", interpolation="nearest")
+    top = max(int(c.max().item()), 1)
+    for i in range(k):
+        for j in range(k):
+            v = int(c[i, j])
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+
+
+__all__ = ["density_on_grid", "image_grid", "plot_range", "save_confusion_matrix", "save_density_plot",
+           "save_sample_grid", "to_unit_range"]

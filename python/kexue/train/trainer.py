@@ -37,7 +37,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -230,6 +230,16 @@ def supervised(model: nn.Module) -> bool:
     return bool(getattr(model, "supervised", False))
 
 
+def eval_batch_sizes(n: int, batch_size: int) -> List[int]:
+    """Batch sizes covering ``n`` examples: full batches, with a last batch of a single example
+    merged into the one before (models that contrast examples within a batch, e.g. Deep
+    InfoMax's negatives, need at least two)."""
+    sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    if len(sizes) >= 2 and sizes[-1] == 1:
+        sizes[-2:] = [sizes[-2] + 1]
+    return sizes
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, batch_size: int, *, seed: int = DEFAULT_SEED,
              device: Union[str, torch.device] = "cpu", _dist: Optional[_Dist] = None,
@@ -253,8 +263,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, batch_size: int, *, seed: int = 
         with torch.random.fork_rng(devices=_fork_devices(device)):
             torch.manual_seed(derive_seed("eval", seed, d.rank))
             part = x[d.rank::d.world]
-            label_parts = labels[d.rank::d.world].split(batch_size) if labels is not None else None
-            for i, xb in enumerate(part.split(batch_size)):
+            sizes = eval_batch_sizes(len(part), batch_size)
+            label_parts = labels[d.rank::d.world].split(sizes) if labels is not None else None
+            for i, xb in enumerate(part.split(sizes)):
                 xb = xb.to(device)
                 batch = (xb, label_parts[i].to(device)) if label_parts is not None else xb
                 vals = _scalars(fn(batch) if own else _as_dict(fn(batch)))

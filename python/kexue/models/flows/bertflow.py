@@ -37,6 +37,9 @@ class BertFlow(FlowModel):
             raise ValueError(f"BertFlow: expects embedding vectors [D], got event shape {list(event_shape)}")
         if n_levels:
             raise ValueError("BertFlow: embeddings are continuous; n_levels must be None")
+        if isinstance(levels, int) and levels >= 1 and event_shape[0] % 2**levels:
+            raise ValueError(f"BertFlow: {event_shape[0]} features cannot be halved across levels={levels} "
+                             f"(D must be divisible by 2^levels = {2**levels}); set levels lower")
         layers = glow_layers(event_shape, levels, depth, hidden, coupling, "reverse", squeeze=False)
         super().__init__(Flow(layers, event_shape), None)
 

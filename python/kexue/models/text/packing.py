@@ -178,7 +178,13 @@ def classes_to_tokens(classes: Tensor, vocab_size: int) -> Tensor:
     return torch.where(classes == vocab_size, torch.full_like(classes, SEP), classes + N_SPECIAL)
 
 
-__all__ = ["CLS", "Generated", "IGNORE", "NO_TOKEN", "N_SPECIAL", "PAD", "Packed", "SEP", "check_content_ids",
+def decode_rows(vocab, ids: Tensor) -> list:
+    """The strings of content ids [N, L] with NO_TOKEN past each row's end (``Generated.ids``,
+    ``UniVAE.sample``), one per row."""
+    return [vocab.decode(row[row != NO_TOKEN]) if bool((row != NO_TOKEN).any()) else "" for row in ids.cpu()]
+
+
+__all__ = ["decode_rows", "CLS", "Generated", "IGNORE", "NO_TOKEN", "N_SPECIAL", "PAD", "Packed", "SEP", "check_content_ids",
            "check_positive_int",
            "classes_to_tokens", "full_lengths", "next_token_labels", "pack", "prediction_window",
            "wrap"]

@@ -32,7 +32,7 @@ to the last two.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from kexue.models.text.packing import (
     Packed,
     check_content_ids,
     check_positive_int,
+    decode_rows,
     full_lengths,
     next_token_labels,
     pack,
@@ -293,7 +294,16 @@ def build_unilm(dataset, **overrides) -> UniLM:
 # The package ships no corpus: like the poetry VAE, the default data is the poem file that the
 # environment variable KEXUE_POEMS names (kexue.data.get_dataset expands it, and explains when
 # it is unset).
-register("unilm", build_unilm, default_data="$KEXUE_POEMS", steps=2000, batch_size=64, lr=1e-3,
+def continue_lines(model: UniLM, dataset, n: int, generator: Optional[torch.Generator]) -> List[str]:
+    """The first ``n`` lines of ``dataset``, each as "source -> greedy continuation" (samples.txt
+    of a run, ``kexue sample``); ``generator`` is unused (decoding is greedy)."""
+    source, target, _, _ = model.split(dataset.x[:n])
+    device = next(model.parameters()).device
+    out = model.generate(source.to(device), target.shape[1])
+    return [f"{s} -> {t}" for s, t in zip(decode_rows(dataset.vocab, source), decode_rows(dataset.vocab, out.ids))]
+
+
+register("unilm", build_unilm, default_data="$KEXUE_POEMS", steps=2000, batch_size=64, lr=1e-3, text=continue_lines,
          options=options_of(UniLM, data=("vocab_size",), derived={"source_length": "half the line length"}),
          description="UniLM seq2seq: one RoPE Transformer with the UniLM mask, line = first half -> second half")
 

@@ -223,7 +223,13 @@ def build_poetry_vae(dataset, **overrides) -> PoetryVAE:
 # (kexue.data.get_dataset expands the variable and explains when it is unset).
 POEMS_ENV = "KEXUE_POEMS"
 
+def sample_poems(model: PoetryVAE, dataset, n: int, generator: Optional[torch.Generator]) -> List[str]:
+    """``n`` poems decoded from the prior (samples.txt of a run, ``kexue sample``)."""
+    return model.generate(n, generator=generator)
+
+
 register("poetry-vae", build_poetry_vae, default_data=f"${POEMS_ENV}", steps=250, batch_size=32, lr=3e-3,
+         text=sample_poems,
          options=options_of(PoetryVAE, data=("vocab", "length")),
          description="CNN-VAE poetry generator: gated 1-D convs, per-position softmax (--set bn=true: BN-VAE)")
 

@@ -62,6 +62,7 @@ from kexue.models.text.packing import (
     Packed,
     check_content_ids,
     check_positive_int,
+    decode_rows,
     full_lengths,
     next_token_labels,
     pack,
@@ -353,7 +354,13 @@ def build_univae(dataset, **overrides) -> UniVAE:
     return UniVAE(len(dataset.vocab), **overrides)
 
 
-register("univae", build_univae, default_data=f"${POEMS_ENV}", steps=2000, batch_size=64, lr=1e-3,
+def sample_lines(model: UniVAE, dataset, n: int, generator: Optional[torch.Generator]) -> List[str]:
+    """``n`` lines decoded greedily from latents drawn from the prior (samples.txt of a run,
+    ``kexue sample``)."""
+    return decode_rows(dataset.vocab, model.sample(n, generator=generator))
+
+
+register("univae", build_univae, default_data=f"${POEMS_ENV}", steps=2000, batch_size=64, lr=1e-3, text=sample_lines,
          options=options_of(UniVAE, data=("vocab_size",), derived={"max_length": "the line length"}),
          description="UniVAE: one RoPE Transformer with the UniAE mask, vMF latents at the top blocks' [CLS]")
 
