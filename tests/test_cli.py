@@ -54,6 +54,9 @@ def one_line_error(err: str) -> str:
     (["train", "test-gaussian", "--device", "tpu"], r"device 'tpu'"),
     (["train", "test-gaussian", "--data", "no-such.npy"], r"no such \.npy file"),
     (["train", "test-gaussian", "--data", "moons", "--levels", "17"], r"--levels .*applies to integer \.npy images"),
+    (["train", "test-gaussian", "--data", "garbage.npy"], r"garbage\.npy: not a readable \.npy array"),
+    (["train", "unilm", "--data", "latin1.txt"], r"latin1\.txt: not valid UTF-8"),
+    (["train", "test-gaussian", "--data", "lines.npy"], r"no such \.npy file"),
     (["train", "test-gaussian", "--steps", "many"], r"argument --steps: invalid int value"),
     (["train"], r"name a model"),
     (["bench", "nope"], r"unknown op family 'nope'; choose from coupling"),
@@ -65,6 +68,8 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, argv, 
             and kexue.build_info()["cuda"]:
         pytest.skip("CUDA is usable here")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "garbage.npy").write_bytes(b"\x93NUMPY garbage")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     extra = ["--no-progress"] if argv[0] == "train" and len(argv) > 1 else []
     rc, _, err = run_cli(capsys, *argv, *extra)
     line = one_line_error(err)

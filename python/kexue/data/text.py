@@ -107,6 +107,8 @@ def read_lines(path: Union[str, os.PathLike]) -> List[str]:
             text = f.read()
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not valid UTF-8 ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

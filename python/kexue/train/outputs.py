@@ -108,7 +108,7 @@ def _generic_figure(model: nn.Module, train_data: Dataset, out_dir: Path, step: 
         data = train_data.x
         box = plots.plot_range(data)
         density, notes = None, []
-        log_prob = getattr(model, "log_prob", None)
+        log_prob = getattr(model, "log_prob", None)  # none is normal (DDPM): the panel shows samples
         if callable(log_prob):
             try:
                 density = plots.density_on_grid(log_prob, box, device=device)
@@ -116,8 +116,6 @@ def _generic_figure(model: nn.Module, train_data: Dataset, out_dir: Path, step: 
                 _warn(f"kexue.train: model.log_prob failed ({type(e).__name__}: {e}); "
                       "density.png has no density map")
                 notes.append("log_prob failed")
-        else:
-            notes.append("samples only")  # e.g. DDPM: no tractable density, nothing wrong
         samples = _try_sample(model, N_POINT_SAMPLES, gen, "the samples of density.png")
         if samples is None:
             notes.append("no samples")
