@@ -20,7 +20,21 @@ larger numbers with the same digits:
 - YaRN (Peng et al. 2023, "YaRN: Efficient Context Window Extension of Large Language Models"):
   per-frequency blend between interpolation and extrapolation, ramping between the dimensions that
   make beta_fast and beta_slow full turns within L0, plus an attention temperature
-  mscale = 0.1·ln(s) + 1 applied to cos and sin (hence to both q and k: logits scale by mscale²).
+  mscale = 0.1·ln(s) + 1 applied to cos and sin (hence to both q and k: logits scale by mscale²);
+- Llama 3 (Meta's Llama 3.1 recipe, transformers' "llama3"): the same blend ramped by the number of
+  turns r_i = L0·θ_i/(2π) = L0/λ_i a pair makes within L0 (λ_i its wavelength): pairs with
+  r_i ≥ high_freq_factor are kept, pairs with r_i ≤ low_freq_factor are interpolated (θ_i/s), and
+  between θ_i' = (1 − γ)·θ_i/s + γ·θ_i with γ = (r_i − low_freq_factor)/(high_freq_factor −
+  low_freq_factor); no temperature;
+- LongRoPE (Ding et al. 2024, "LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens";
+  Phi-3, transformers' "longrope"): searched per-pair rescale factors, θ_i' = θ_i/λ_i with λ =
+  ``short_factor`` while the current length L ≤ L0 and ``long_factor`` beyond, plus the attention
+  temperature sqrt(1 + ln(s)/ln(L0)) (s = max_position_embeddings/L0, transformers' ``factor``),
+  applied at every length like YaRN's.
+
+The current length of "dynamic" and "longrope" is ``seq_len`` when given, else max(positions) + 1
+when positions are given (as the transformers library reads it from ``position_ids``: a decoding
+step at position 5000 is at length 5001), else the length L of the rotated tensor.
 
 ``scaling`` takes the transformers library's ``rope_scaling`` dictionaries (key "type" or
 "rope_type"). Frequencies are computed in float64 and handed out in float32; cos/sin are computed
@@ -34,7 +48,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from kexue.ops.attention import apply_rope
+from kexue.ops.attention import _length_of_positions, apply_rope
 
 Tensor = torch.Tensor
 
@@ -47,9 +61,19 @@ _SCALING_KEYS: Dict[str, Dict[str, Any]] = {
     "dynamic": {"factor": None, "original_max_position_embeddings": None},
     "yarn": {"factor": None, "original_max_position_embeddings": None, "beta_fast": 32.0, "beta_slow": 1.0,
              "attention_factor": None, "truncate": True},
+    "llama3": {"factor": None, "original_max_position_embeddings": None, "low_freq_factor": None,
+               "high_freq_factor": None},
+    "longrope": {"short_factor": None, "long_factor": None, "original_max_position_embeddings": None, "factor": None,
+                 "attention_factor": None},
 }
 _REQUIRED = {"linear": ("factor",), "ntk": ("factor",), "dynamic": ("factor", "original_max_position_embeddings"),
-             "yarn": ("factor", "original_max_position_embeddings")}
+             "yarn": ("factor", "original_max_position_embeddings"),
+             # transformers requires all four too (no defaults; Meta's Llama 3.1: 8, 8192, 1, 4)
+             "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
+             # "factor" or "attention_factor" too, checked in _normalize_scaling
+             "longrope": ("short_factor", "long_factor", "original_max_position_embeddings")}
+# The scalings whose frequencies depend on the current length.
+_LENGTH_DEPENDENT = ("dynamic", "longrope")
 
 
 def _is_number(x) -> bool:
@@ -75,6 +99,14 @@ def yarn_mscale(factor: float) -> float:
     return 1.0 if factor <= 1.0 else 0.1 * math.log(factor) + 1.0
 
 
+def longrope_attention_factor(factor: float, original_max_position_embeddings: int) -> float:
+    """LongRoPE's attention temperature sqrt(1 + ln(s)/ln(L0)) (1 when s ≤ 1), s the context
+    extension max_position_embeddings/L0."""
+    if factor <= 1.0:
+        return 1.0
+    return math.sqrt(1.0 + math.log(factor) / math.log(original_max_position_embeddings))
+
+
 def yarn_correction_dim(num_rotations: float, dim: int, base: float, original_max_position_embeddings: int) -> float:
     """The pair index i whose wavelength 2π·base^(2i/d) fits ``num_rotations`` times into L0:
     i = d·ln(L0 / (2π·r)) / (2·ln base)."""
@@ -96,6 +128,34 @@ def yarn_ramp(dim: int, base: float, original_max_position_embeddings: int, beta
         high += 0.001
     i = torch.arange(dim // 2, dtype=torch.float64, device=device)
     return ((i - low) / (high - low)).clamp(0.0, 1.0)
+
+
+def _factor_list(kind: str, key: str, value, dim: int) -> Tuple[float, ...]:
+    """A per-pair factor list of longrope: dim/2 positive finite numbers, stored as a tuple."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"RoPE: {kind} {key} must be a list of dim/2 = {dim // 2} numbers (one per pair), "
+                        f"got {type(value).__name__}")
+    if len(value) != dim // 2:
+        raise ValueError(f"RoPE: {kind} {key} must have dim/2 = {dim // 2} entries (one per pair), got {len(value)}")
+    for j, x in enumerate(value):
+        if not (_is_number(x) and math.isfinite(x) and x > 0):
+            raise ValueError(f"RoPE: {kind} {key} must hold positive finite numbers, got {x!r} at index {j}")
+    return tuple(float(x) for x in value)
+
+
+def _check_seq_len(seq_len):
+    """seq_len: None, a non-negative int, or a 0-dim real tensor (a length computed on the device,
+    e.g. max(positions) + 1)."""
+    if seq_len is None:
+        return None
+    if isinstance(seq_len, Tensor):
+        if seq_len.dim() != 0 or seq_len.dtype == torch.bool or seq_len.is_complex():
+            raise ValueError(f"RoPE: seq_len must be a non-negative int, a 0-dim real tensor or None, got a "
+                             f"{seq_len.dtype} tensor of shape {list(seq_len.shape)}")
+        return seq_len
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 0:
+        raise ValueError(f"RoPE: seq_len must be a non-negative int, a 0-dim real tensor or None, got {seq_len!r}")
+    return seq_len
 
 
 def _normalize_scaling(scaling: Optional[Mapping[str, Any]], dim: int) -> Optional[Dict[str, Any]]:
@@ -133,28 +193,48 @@ def _normalize_scaling(scaling: Optional[Mapping[str, Any]], dim: int) -> Option
         value = spec.get(key, default)
         if value is not None or key in spec:
             out[key] = value
-    factor = out["factor"]
-    if not _is_number(factor) or not math.isfinite(factor) or factor < 1:
-        raise ValueError(f"RoPE: scaling factor must be a finite number >= 1, got {factor!r}")
-    out["factor"] = float(factor)
+    factor = out.get("factor")  # absent or None only for "longrope", where it is optional
+    if factor is not None:
+        if not _is_number(factor) or not math.isfinite(factor) or factor < 1:
+            raise ValueError(f"RoPE: scaling factor must be a finite number >= 1, got {factor!r}")
+        out["factor"] = float(factor)
     if kind in ("ntk", "dynamic") and dim <= 2:
         raise ValueError(f"RoPE: {kind!r} scaling needs dim > 2 (base·s^(d/(d−2))), got dim={dim}")
     if "original_max_position_embeddings" in out:
         l0 = out["original_max_position_embeddings"]
         if not isinstance(l0, int) or isinstance(l0, bool) or l0 < 1:
             raise ValueError(f"RoPE: original_max_position_embeddings must be a positive int, got {l0!r}")
+    att = out.get("attention_factor")
+    if att is not None:
+        if not _is_number(att) or not math.isfinite(att) or not att > 0:
+            raise ValueError(f"RoPE: {kind} attention_factor must be a positive finite number, got {att!r}")
+        out["attention_factor"] = float(att)
     if kind == "yarn":
         fast, slow = out["beta_fast"], out["beta_slow"]
         if not (_is_number(fast) and _is_number(slow) and fast > slow > 0):
             raise ValueError(f"RoPE: yarn needs beta_fast > beta_slow > 0, got beta_fast={fast!r}, beta_slow={slow!r}")
         out["beta_fast"], out["beta_slow"] = float(fast), float(slow)
-        att = out.get("attention_factor")
-        if att is not None:
-            if not _is_number(att) or not att > 0:
-                raise ValueError(f"RoPE: yarn attention_factor must be a positive number, got {att!r}")
-            out["attention_factor"] = float(att)
         if not isinstance(out["truncate"], bool):
             raise TypeError(f"RoPE: yarn truncate must be a bool, got {out['truncate']!r}")
+    if kind == "llama3":
+        low, high = out["low_freq_factor"], out["high_freq_factor"]
+        for key in ("low_freq_factor", "high_freq_factor"):
+            value = out[key]
+            if not _is_number(value) or not math.isfinite(value) or not value > 0:
+                raise ValueError(f"RoPE: llama3 {key} must be a positive finite number, got {value!r}")
+            out[key] = float(value)
+        if not high > low:
+            raise ValueError(f"RoPE: llama3 needs high_freq_factor > low_freq_factor, got "
+                             f"low_freq_factor={low!r}, high_freq_factor={high!r}")
+    if kind == "longrope":
+        for key in ("short_factor", "long_factor"):
+            out[key] = _factor_list(kind, key, out[key], dim)
+        if factor is None and att is None:
+            raise ValueError("RoPE: longrope needs 'factor' (the context extension max_position_embeddings / "
+                             "original_max_position_embeddings, as transformers derives it) or 'attention_factor'")
+        if att is None and factor > 1 and out["original_max_position_embeddings"] < 2:
+            raise ValueError("RoPE: longrope's default attention_factor sqrt(1 + ln(factor)/ln(L0)) needs "
+                             "original_max_position_embeddings >= 2; give 'attention_factor'")
     return out
 
 
@@ -165,10 +245,21 @@ class RoPE(nn.Module):
     RoFormer paper) pairs x[2i] with x[2i+1]. Rotation:
     (x1, x2) → attention_scaling·(x1·cos − x2·sin, x1·sin + x2·cos), angle m·θ_i.
 
-    ``scaling``: None, or {"type": "linear" | "ntk" | "dynamic" | "yarn", "factor": s, ...}
-    (see the module docstring; "dynamic" and "yarn" need "original_max_position_embeddings",
-    "yarn" also takes "beta_fast" (32), "beta_slow" (1), "attention_factor" (default mscale) and
-    "truncate" (True)). ``seq_len`` arguments only matter for "dynamic".
+    ``scaling``: None, or a transformers ``rope_scaling`` dict (see the module docstring):
+
+    - {"type": "linear" | "ntk", "factor": s};
+    - {"type": "dynamic", "factor": s, "original_max_position_embeddings": L0};
+    - {"type": "yarn", "factor": s, "original_max_position_embeddings": L0}, optionally
+      "beta_fast" (32), "beta_slow" (1), "attention_factor" (default 0.1·ln(s) + 1) and
+      "truncate" (True);
+    - {"type": "llama3", "factor": s, "original_max_position_embeddings": L0,
+      "low_freq_factor": a, "high_freq_factor": b} with 0 < a < b (Llama 3.1: 8, 8192, 1, 4);
+    - {"type": "longrope", "short_factor": [d/2 numbers], "long_factor": [d/2 numbers],
+      "original_max_position_embeddings": L0} and "factor" (max_position_embeddings / L0) or
+      "attention_factor" (default sqrt(1 + ln(factor)/ln(L0))), at least one of the two.
+
+    ``seq_len`` (the current length) only matters for "dynamic" and "longrope"
+    (``depends_on_length``); where positions are given without it, it is max(positions) + 1.
 
     No parameters and no buffers: the module carries the configuration (and moves nowhere);
     the tables are computed on the device of the positions at each call.
@@ -208,9 +299,11 @@ class RoPE(nn.Module):
         return cls(cfg["dim"], cfg.get("base", 10000.0), cfg.get("layout", "half"), scaling)
 
     def config(self) -> Dict[str, Any]:
-        """The dict ``from_config`` takes back (scaling with every default filled in)."""
-        return {"dim": self.dim, "base": self.base, "layout": self.layout,
-                "rope_scaling": None if self.scaling is None else dict(self.scaling)}
+        """The dict ``from_config`` takes back (scaling with every default filled in; longrope's
+        factor lists as new lists)."""
+        scaling = None if self.scaling is None else {
+            key: list(value) if isinstance(value, tuple) else value for key, value in self.scaling.items()}
+        return {"dim": self.dim, "base": self.base, "layout": self.layout, "rope_scaling": scaling}
 
     # --- the tables ---------------------------------------------------------------------------
 
@@ -218,47 +311,89 @@ class RoPE(nn.Module):
     def interleaved(self) -> bool:
         return self.layout == "interleaved"
 
-    def inv_freq(self, seq_len: Optional[int] = None, device=None) -> Tensor:
-        """θ_i (float32 [d/2]) after scaling; ``seq_len`` (current length) only for "dynamic"."""
+    @property
+    def depends_on_length(self) -> bool:
+        """Whether the frequencies depend on the current length ("dynamic", "longrope")."""
+        return self.scaling is not None and self.scaling["type"] in _LENGTH_DEPENDENT
+
+    def inv_freq(self, seq_len=None, device=None) -> Tensor:
+        """θ_i (float32 [d/2]) after scaling. ``seq_len``, the current length, only matters for
+        "dynamic" and "longrope": a non-negative int, a 0-dim tensor (a length computed on the
+        device, such as max(positions) + 1; ``device`` then defaults to its device) or None
+        (unknown: dynamic NTK unscaled, longrope's short factors, as transformers at init)."""
         return self._inv_freq64(seq_len, device).to(torch.float32)
 
-    def _inv_freq64(self, seq_len: Optional[int], device) -> Tensor:
-        if seq_len is not None and (not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 0):
-            raise ValueError(f"RoPE: seq_len must be a non-negative int or None, got {seq_len!r}")
+    def _inv_freq64(self, seq_len, device) -> Tensor:
+        seq_len = _check_seq_len(seq_len)
+        if device is None and isinstance(seq_len, Tensor):
+            device = seq_len.device
         d, base, sc = self.dim, self.base, self.scaling
         kind = None if sc is None else sc["type"]
         if kind == "ntk":
             base = ntk_base(base, d, sc["factor"])
-        elif kind == "dynamic":
-            base = ntk_base(base, d, dynamic_ntk_factor(sc["factor"], seq_len, sc["original_max_position_embeddings"]))
-        theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
+        two_i = torch.arange(0, d, 2, dtype=torch.float64, device=device)
+        theta = base ** (-two_i / d)
         if kind == "linear":
             return theta / sc["factor"]
+        if kind == "dynamic":
+            # base' = base·s'^(d/(d−2)), i.e. θ_i' = θ_i·s'^(−2i/(d−2)): exactly θ_i at s' = 1. A
+            # tensor length stays a tensor (no host sync, traceable under torch.compile).
+            s, l0 = sc["factor"], sc["original_max_position_embeddings"]
+            if isinstance(seq_len, Tensor):
+                s_now = (s * seq_len.to(device=theta.device, dtype=torch.float64) / l0 - (s - 1)).clamp_min(1.0)
+            else:
+                s_now = dynamic_ntk_factor(s, seq_len, l0)
+                if s_now == 1.0:
+                    return theta
+            return theta * s_now ** (-two_i / (d - 2))
         if kind == "yarn":
             ramp = yarn_ramp(d, base, sc["original_max_position_embeddings"], sc["beta_fast"], sc["beta_slow"],
                              sc["truncate"], device)
             return theta / sc["factor"] * ramp + theta * (1 - ramp)
+        if kind == "llama3":
+            s, l0 = sc["factor"], sc["original_max_position_embeddings"]
+            low, high = sc["low_freq_factor"], sc["high_freq_factor"]
+            turns = l0 * theta / (2 * math.pi)  # L0 / wavelength
+            keep = ((turns - low) / (high - low)).clamp(0.0, 1.0)  # 1: kept, 0: interpolated by s
+            return theta / s * (1 - keep) + theta * keep
+        if kind == "longrope":
+            l0 = sc["original_max_position_embeddings"]
+            short = torch.tensor(sc["short_factor"], dtype=torch.float64, device=theta.device)
+            long = torch.tensor(sc["long_factor"], dtype=torch.float64, device=theta.device)
+            if isinstance(seq_len, Tensor):
+                factors = torch.where(seq_len.to(device=theta.device) > l0, long, short)
+            else:
+                factors = long if seq_len is not None and seq_len > l0 else short
+            return theta / factors
         return theta
 
-    def attention_scaling(self, seq_len: Optional[int] = None) -> float:
-        """The factor cos and sin are multiplied by: YaRN's ``attention_factor`` (default
-        mscale = 0.1·ln(s) + 1), 1 for every other scaling."""
+    def attention_scaling(self, seq_len=None) -> float:
+        """The factor cos and sin are multiplied by: ``attention_factor`` for "yarn" (default
+        mscale = 0.1·ln(s) + 1) and "longrope" (default sqrt(1 + ln(s)/ln(L0)), at every length,
+        as transformers and Phi-3 apply it), 1 for every other scaling."""
         sc = self.scaling
-        if sc is None or sc["type"] != "yarn":
+        if sc is None or sc["type"] not in ("yarn", "longrope"):
             return 1.0
         att = sc.get("attention_factor")
-        return yarn_mscale(sc["factor"]) if att is None else att
+        if att is not None:
+            return att
+        if sc["type"] == "yarn":
+            return yarn_mscale(sc["factor"])
+        return longrope_attention_factor(sc["factor"], sc["original_max_position_embeddings"])
 
-    def cos_sin(self, positions: Tensor, seq_len: Optional[int] = None,
+    def cos_sin(self, positions: Tensor, seq_len=None,
                 dtype: torch.dtype = torch.float32) -> Tuple[Tensor, Tensor]:
         """(cos, sin) of the angles positions·θ_i, times ``attention_scaling``: shape
-        positions.shape + [d/2], in float32 (or float64 with ``dtype=torch.float64``)."""
+        positions.shape + [d/2], in float32 (or float64 with ``dtype=torch.float64``). ``seq_len``
+        defaults to max(positions) + 1 (for "dynamic" and "longrope")."""
         if not isinstance(positions, Tensor):
             raise TypeError(f"RoPE.cos_sin: positions must be a tensor, got {type(positions).__name__}")
         if positions.dtype == torch.bool or positions.is_complex():
             raise TypeError(f"RoPE.cos_sin: positions must be integer or real, got {positions.dtype}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"RoPE.cos_sin: dtype must be torch.float32 or torch.float64, got {dtype}")
+        if seq_len is None and self.depends_on_length and positions.numel():
+            seq_len = _length_of_positions(positions)
         inv_freq = self.inv_freq(seq_len, positions.device).to(dtype)
         angles = positions.to(dtype).unsqueeze(-1) * inv_freq
         mscale = self.attention_scaling(seq_len)
@@ -267,14 +402,18 @@ class RoPE(nn.Module):
             cos, sin = cos * mscale, sin * mscale
         return cos, sin
 
-    def kernel_args(self, seq_len: Optional[int] = None, device=None) -> Tuple[Tensor, float, bool]:
+    def kernel_args(self, seq_len=None, device=None) -> Tuple[Tensor, float, bool]:
         """What the fused attention kernel takes: (inv_freq float32 [d/2], attention_scaling,
-        interleaved)."""
+        interleaved); ``seq_len`` as for ``inv_freq``."""
         return self.inv_freq(seq_len, device), self.attention_scaling(seq_len), self.interleaved
 
     def forward(self, x: Tensor, positions: Optional[Tensor] = None, seq_len: Optional[int] = None) -> Tensor:
-        """Rotate x [..., L, d] (``kexue.ops.apply_rope``)."""
+        """Rotate x [..., L, d] (``kexue.ops.apply_rope``; ``seq_len`` defaults to max(positions) + 1
+        when positions are given, else to L)."""
         return apply_rope(x, positions, self, seq_len=seq_len)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, base={self.base:g}, layout={self.layout!r}, scaling={self.scaling}"
+        scaling = self.scaling if self.scaling is None else {
+            key: f"<{len(value)} factors>" if isinstance(value, tuple) else value
+            for key, value in self.scaling.items()}
+        return f"dim={self.dim}, base={self.base:g}, layout={self.layout!r}, scaling={scaling}"

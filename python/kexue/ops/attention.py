@@ -18,7 +18,9 @@ Queries and keys: q [B, H, Lq, d], k and v [B, Hkv, Lk, d] with H % Hkv == 0 (gr
 attention: query head h reads kv head h // (H/Hkv)). When Lq ≠ Lk the queries are the LAST Lq
 positions of the key sequence (a decoding step over a cache): query i sits at key index
 i + (Lk − Lq); it takes its position (``positions[..., Lk − Lq + i]``, default arange) and its
-segment id from there. RoPE's "dynamic" scaling is evaluated at the current length Lk.
+segment id from there. RoPE's length-dependent scalings ("dynamic", "longrope") are evaluated at
+the current length: max(positions) + 1 when ``positions`` are given (as the transformers library
+reads it from ``position_ids``: a decoding step at position 5000 is at length 5001), else Lk.
 
 A query with nothing visible returns 0 (not NaN) and passes no gradient. The output has q's dtype;
 half-precision inputs are computed in float32 and float64 inputs in float64.
@@ -63,7 +65,8 @@ def rope_attention(q: Tensor, k: Tensor, v: Tensor, *, rope=None, positions: Opt
 
 def apply_rope(x: Tensor, positions: Optional[Tensor], rope, *, seq_len: Optional[int] = None) -> Tensor:
     """Rotate x [..., L, d] by ``rope`` at ``positions`` ([L] or [B, L] with B = x.shape[0];
-    default arange(L)). ``seq_len`` (for "dynamic" scaling) defaults to L."""
+    default arange(L)). ``seq_len`` (the current length, for the "dynamic" and "longrope"
+    scalings) defaults to max(positions) + 1 when ``positions`` are given, else to L."""
     _check_rope_args(x, positions, rope, seq_len)
     return _apply_rope_impl(x, positions, rope, seq_len)
 
@@ -108,7 +111,26 @@ def reference_apply_rope(x: Tensor, positions: Optional[Tensor], rope, *, seq_le
 # ---------------------------------------------------------------------------------------------
 # Dispatch: the fused kernels (csrc/kexue/attention.h; C++ autograd in csrc/ops/attention.cpp).
 
-def _kernel_rope(rope, seq_len: int, device):
+def _length_of_positions(positions: Tensor) -> Tensor:
+    """The current length the positions imply: floor(max(positions)) + 1 (at least 0), as the
+    transformers library's dynamic / longrope RoPE reads it from ``position_ids``; one length for
+    the whole batch. A 0-dim float64 tensor on the positions' device: the reduction stays on the
+    device (no host synchronisation) and in the graph under torch.compile(fullgraph=True), and the
+    RoPE frequencies are computed from it with tensor operations. positions must not be empty."""
+    return (torch.floor(positions.detach().max().to(torch.float64)) + 1).clamp_min(0)
+
+
+def _rope_length(rope, positions: Optional[Tensor], default: int):
+    """``seq_len`` for rope: the positions' length (``_length_of_positions``) when positions are
+    given and rope's frequencies depend on the length, else ``default`` (the tensor's L). Ropes
+    whose frequencies ignore the length (no scaling, "linear", "ntk", "yarn", "llama3") skip the
+    reduction."""
+    if not getattr(rope, "depends_on_length", False) or positions is None or positions.numel() == 0:
+        return default
+    return _length_of_positions(positions)
+
+
+def _kernel_rope(rope, seq_len, device):
     if rope is None:
         return None, 1.0, False
     inv_freq, scaling, interleaved = rope.kernel_args(seq_len, device)
@@ -116,7 +138,7 @@ def _kernel_rope(rope, seq_len: int, device):
 
 
 def _rope_attention_impl(q, k, v, rope, positions, causal, segment_ids, mask_rule, key_lengths, attn_mask, scale):
-    inv_freq, rope_scale, interleaved = _kernel_rope(rope, k.shape[-2], q.device)
+    inv_freq, rope_scale, interleaved = _kernel_rope(rope, _rope_length(rope, positions, k.shape[-2]), q.device)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     out, _ = torch.ops.kexue.rope_attention(q, k, v, inv_freq, rope_scale, interleaved,
                                             positions if rope is not None else None, bool(causal), segment_ids,
@@ -125,7 +147,9 @@ def _rope_attention_impl(q, k, v, rope, positions, causal, segment_ids, mask_rul
 
 
 def _apply_rope_impl(x, positions, rope, seq_len):
-    inv_freq, rope_scale, interleaved = _kernel_rope(rope, x.shape[-2] if seq_len is None else seq_len, x.device)
+    if seq_len is None:
+        seq_len = _rope_length(rope, positions, x.shape[-2])
+    inv_freq, rope_scale, interleaved = _kernel_rope(rope, seq_len, x.device)
     return torch.ops.kexue.apply_rope(x, positions, inv_freq, rope_scale, interleaved, False)
 
 
@@ -390,12 +414,14 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
-def _reference_rotation(x: Tensor, positions: Optional[Tensor], rope, seq_len: Optional[int]) -> Tensor:
+def _reference_rotation(x: Tensor, positions: Optional[Tensor], rope, seq_len) -> Tensor:
     acc = acc_dtype(x.dtype)
     length = x.shape[-2]
+    if seq_len is None:
+        seq_len = _rope_length(rope, positions, length)
     if positions is None:
         positions = torch.arange(length, device=x.device)
-    cos, sin = rope.cos_sin(positions, seq_len=length if seq_len is None else seq_len, dtype=acc)
+    cos, sin = rope.cos_sin(positions, seq_len=seq_len, dtype=acc)
     if positions.dim() == 2:  # [B, L, d/2] → [B, 1, …, 1, L, d/2] against x [B, …, L, d]
         cos, sin = (t.reshape(t.shape[0], *([1] * (x.dim() - 3)), *t.shape[1:]) for t in (cos, sin))
     return _rotate(x.to(acc), cos, sin, rope.interleaved).to(x.dtype)
@@ -434,9 +460,10 @@ def _reference_attention(q, k, v, rope, positions, causal, segment_ids, mask_rul
     acc = acc_dtype(q.dtype)
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
     if rope is not None:
+        length = _rope_length(rope, positions, Lk)  # of all Lk positions, the queries' included
         pos = torch.arange(Lk, device=q.device) if positions is None else positions
-        qa = _reference_rotation(qa, pos[..., Lk - Lq:], rope, Lk)
-        ka = _reference_rotation(ka, pos, rope, Lk)
+        qa = _reference_rotation(qa, pos[..., Lk - Lq:], rope, length)
+        ka = _reference_rotation(ka, pos, rope, length)
     if H != Hkv:
         ka, va = ka.repeat_interleave(H // Hkv, dim=1), va.repeat_interleave(H // Hkv, dim=1)
     logits = (qa @ ka.transpose(-1, -2)) * (1.0 / math.sqrt(d) if scale is None else scale)
