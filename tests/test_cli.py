@@ -3,6 +3,7 @@ listing each model's options, file-system faults, loading a trained run and samp
 from __future__ import annotations
 
 import errno
+import os
 import re
 import subprocess
 import sys
@@ -151,14 +152,19 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(capsys, tmp_path, m
     assert run_cli(capsys, "train", "test-gaussian", "--out", str(out), *FAST)[0] == 0
     before = (out / "checkpoint.pt").read_bytes()
 
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_fsync = os.fsync
 
-    monkeypatch.setattr(ckpt_mod.os, "fsync", full)
+    def full_for_checkpoints(fd):  # the disk fills up exactly when the checkpoint is written
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(ckpt_mod.TMP_PREFIX + "checkpoint.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(ckpt_mod.os, "fsync", full_for_checkpoints)
     rc, _, err = run_cli(capsys, "train", "test-gaussian", "--out", str(out), "--resume", "--no-progress", "--steps", "6")
     line = one_line_error(err)
-    assert rc == 1 and "No space left on device" in line and str(out) in line, line
+    assert rc == 1 and "No space left on device" in line and str(out / "checkpoint.pt") in line, line
     assert (out / "checkpoint.pt").read_bytes() == before
+    assert max(r["step"] for r in test_train.records(out)) == 6  # it trained; only the save failed
     assert [p.name for p in out.iterdir() if p.name.endswith(ckpt_mod.TMP_SUFFIX)] == []
 
 
@@ -188,10 +194,14 @@ def test_stale_temporary_files_are_removed(capsys, tmp_path):
     out.mkdir()
     stale = out / f"{ckpt_mod.TMP_PREFIX}checkpoint.pt.abc{ckpt_mod.TMP_SUFFIX}"
     stale.write_bytes(b"half a checkpoint")
+    old = os.path.getmtime(stale) - 2 * ckpt_mod.STALE_AFTER_SECONDS
+    os.utime(stale, (old, old))
+    live = out / f"{ckpt_mod.TMP_PREFIX}checkpoint.pt.xyz{ckpt_mod.TMP_SUFFIX}"  # another run writing now
+    live.write_bytes(b"being written")
     keep = out / "notes.part"
     keep.write_text("mine")
     assert run_cli(capsys, "train", "test-gaussian", "--out", str(out), *FAST)[0] == 0
-    assert not stale.exists() and keep.exists()
+    assert not stale.exists() and live.exists() and keep.exists()
 
 
 # ---- --levels --------------------------------------------------------------------------------------
@@ -274,3 +284,22 @@ def test_every_model_trains_by_name_without_warnings(name, tmp_path, monkeypatch
     expected = EXPECTED_OUTPUTS.get(name, {"samples.png"} if len(shape) == 3 else {"density.png"} if shape == (2,) else set())
     assert expected <= names, (name, names)
     assert entry.default_data
+
+
+def test_resume_with_another_lr_warns_and_levels_must_match(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "train", "test-gaussian", "--out", str(out), *FAST)[0] == 0
+    with pytest.warns(RuntimeWarning, match=r"resuming with a different lr \(0.05 -> 0.01\)"):
+        rc, _, err = run_cli(capsys, "train", "test-gaussian", "--out", str(out), "--resume", "--lr", "0.01",
+                             "--steps", "4", "--no-progress")
+    assert rc == 0, err
+
+
+def test_sample_from_a_checkpoint_file_and_help_after_flags(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "train", "test-gaussian", "--out", str(out), *FAST)[0] == 0
+    rc, stdout, err = run_cli(capsys, "sample", str(out / "checkpoint.pt"), "-n", "5")
+    assert rc == 0, err
+    assert np.load(out / "generated.npy").shape == (5, 2) and (out / "generated.png").is_file()
+    rc, stdout, _ = run_cli(capsys, "train", "--data", "digits", "glow", "--help")
+    assert rc == 0 and "options of glow" in stdout

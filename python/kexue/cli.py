@@ -15,16 +15,17 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-# Flags of ``kexue train`` that a model option must not shadow: ``--set lr=...`` would be
-# ambiguous, so it is an error naming the flag.
+# Flags of ``kexue train`` that ``--set`` keys are taken for when the model has no option of that
+# name: ``--set lr=...`` is then an error naming the flag. (A model's own option wins: Glow's
+# ``levels`` is its number of flow levels, the data's levels are ``--levels``.)
 TRAIN_FLAGS = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
                "device": "--device", "out": "--out", "out_dir": "--out", "data": "--data",
-               "n_levels": "--levels", "levels": "--levels", "resume": "--resume",
+               "n_levels": "--levels", "resume": "--resume",
                "max_grad_norm": "--max-grad-norm", "eval_every": "--eval-every",
                "sample_every": "--sample-every", "checkpoint_every": "--checkpoint-every",
                "log_every": "--log-every", "eval_batch_size": "--eval-batch-size"}
 # Exceptions that mean "the request was wrong" (exit 2) rather than "running it failed" (exit 1).
-USAGE_ERRORS = (ValueError, LookupError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 class CommandError(Exception):
@@ -191,8 +192,8 @@ def cmd_sample(args) -> int:
     from kexue.train.runs import load_run, sample_run
 
     run = load_run(args.run_dir, device=args.device or "cpu")
-    out = args.out if args.out is not None else os.path.join(args.run_dir, "generated.png"
-                                                            if run.entry.text is None else "generated.txt")
+    run_dir = run.path.parent if run.path.is_file() else run.path
+    out = args.out if args.out is not None else run_dir / ("generated.png" if run.entry.text is None else "generated.txt")
     for path in sample_run(run, args.n, out, seed=args.seed):
         print(path)
     return 0
@@ -200,10 +201,19 @@ def cmd_sample(args) -> int:
 
 # ---- the parser --------------------------------------------------------------------------------
 
-def _train_model_of(argv: Sequence[str]) -> Optional[str]:
-    """The MODEL of ``kexue train MODEL ...`` (before parsing, for ``--help``'s option list)."""
-    if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
-        return argv[1]
+def _train_model_of(argv: Sequence[str], train_parser: argparse.ArgumentParser) -> Optional[str]:
+    """The MODEL of ``kexue train ... MODEL ...`` wherever it stands among the flags (read before
+    parsing, for ``--help``'s option list)."""
+    if not argv or argv[0] != "train":
+        return None
+    takes_value = {opt for a in train_parser._actions if a.nargs != 0 for opt in a.option_strings}
+    tokens = iter(argv[1:])
+    for token in tokens:
+        if token.startswith("-"):
+            if token in takes_value:
+                next(tokens, None)
+            continue
+        return token
     return None
 
 
@@ -219,6 +229,7 @@ def _train_epilog(model: Optional[str]) -> Optional[str]:
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``kexue`` parser; ``argv`` only decides which model ``kexue train --help`` describes."""
     import kexue
 
     parser = _Parser(prog="kexue", description=__doc__.split("\n\n")[0],
@@ -255,7 +266,6 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a registered model (kexue train --list shows them)",
-                       epilog=_train_epilog(_train_model_of(argv)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default=None, help="registered model name")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
@@ -281,6 +291,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    help="a model option (repeatable; kexue train MODEL --help lists them)")
     debug(p)
     p.set_defaults(func=cmd_train)
+    p.epilog = _train_epilog(_train_model_of(argv, p))
 
     p = sub.add_parser("sample", help="draw samples from a trained run (a kexue train output directory)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run's output directory (or its checkpoint.pt)")

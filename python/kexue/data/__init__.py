@@ -107,6 +107,16 @@ def _text(path: str, split: str, n: int | None) -> Dataset:
 _ENV_VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
 
+def resolve_data_name(name_or_path: str | os.PathLike) -> str:
+    """The name a run records for its data: toy names and "digits" as they are, a file path with
+    its environment variables expanded and made absolute (so the run can be loaded from anywhere
+    and resumed on the same file even when the variable changes)."""
+    name = os.fspath(name_or_path)
+    if name in TOY_NAMES or name == "digits":
+        return name
+    return os.path.abspath(_expand_env(name))
+
+
 def _expand_env(path: str) -> str:
     """``path`` with its environment variables replaced: a registered model's default data may
     be a corpus the user points to (e.g. "$KEXUE_POEMS"), since the package ships none."""
@@ -166,6 +176,7 @@ def get_dataset(
 
 
 __all__ = [
+    "resolve_data_name",
     "TOY_NAMES",
     "DIGITS_LEVELS",
     "Dataset",

@@ -19,6 +19,7 @@ import os
 import pickle
 import zipfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -30,6 +31,8 @@ METRICS_NAME = "metrics.jsonl"
 TMP_PREFIX = ".tmp-"
 TMP_SUFFIX = ".part"
 FILE_MODE = 0o644
+# A temporary file older than this is a leftover of a killed process, not a write in progress.
+STALE_AFTER_SECONDS = 60
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -69,13 +72,16 @@ def save_checkpoint(path: os.PathLike | str, state: Dict[str, Any]) -> None:
 
 def remove_stale_temporaries(directory: os.PathLike | str) -> List[Path]:
     """Delete the temporary files of interrupted atomic writes in ``directory`` (a process killed
-    between creating one and renaming it); returns the paths removed."""
+    between creating one and renaming it); returns the paths removed. Files younger than
+    STALE_AFTER_SECONDS are left alone: they may belong to a run still writing."""
     removed = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed
+    now = time.time()
     for p in directory.iterdir():
-        if p.name.startswith(TMP_PREFIX) and p.name.endswith(TMP_SUFFIX) and p.is_file():
+        if p.name.startswith(TMP_PREFIX) and p.name.endswith(TMP_SUFFIX) and p.is_file() \
+                and now - p.stat().st_mtime > STALE_AFTER_SECONDS:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

@@ -79,6 +79,8 @@ class Option:
             return None
         if "bool" in kinds and low in _BOOLS:
             return _BOOLS[low]
+        if kinds == ("bool",) and low in ("1", "0"):
+            return low == "1"
         if "int" in kinds and re.fullmatch(r"[+-]?\d+", s):
             return int(s)
         if "float" in kinds:
@@ -98,8 +100,9 @@ class Option:
                 if isinstance(v, list):
                     return v
         if "str" in kinds:
-            return text
-        raise ValueError(f"--set {self.name}={text}: expected {self.type} (default {self.default!r})")
+            return s
+        example = " as a JSON list such as [2, 2]" if "list" in kinds else ""
+        raise ValueError(f"--set {self.name}={text}: expected {self.type}{example} (default {self.default!r})")
 
 
 _BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
@@ -126,11 +129,11 @@ def parse_loose(text: str) -> Any:
     return text
 
 
-def _split_top(text: str) -> List[str]:
-    """``"int, Tuple[int, int]"`` -> ``["int", "Tuple[int, int]"]`` (commas outside brackets)."""
+def _split_top(text: str, sep: str = ",") -> List[str]:
+    """``"int, Tuple[int, int]"`` -> ``["int", "Tuple[int, int]"]`` (separators outside brackets)."""
     parts, depth, cur = [], 0, ""
     for ch in text:
-        if ch == "," and depth == 0:
+        if ch == sep and depth == 0:
             parts.append(cur.strip())
             cur = ""
             continue
@@ -146,8 +149,8 @@ def _kinds(annotation: str) -> Optional[Tuple[str, ...]]:
     a = annotation.strip().replace("typing.", "")
     if not a:
         return None
-    if "|" in a and "[" not in a:
-        members = [p.strip() for p in a.split("|")]
+    if len(_split_top(a, "|")) > 1:
+        members = _split_top(a, "|")
     else:
         m = re.fullmatch(r"(Optional|Union)\[(.*)\]", a)
         if m:

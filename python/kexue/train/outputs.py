@@ -39,7 +39,9 @@ class RunView:
     generator: torch.Generator
 
 
-def _warn(msg: str) -> None:
+def warn(msg: str) -> None:
+    """A RuntimeWarning about a run (a figure that could not be drawn, a resume that will not
+    match): the run goes on."""
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
@@ -69,20 +71,34 @@ def make_figures(model: nn.Module, train_data: Dataset, out_dir: Path, step: int
         with torch.random.fork_rng(devices=_fork_devices(device)), torch.no_grad():
             torch.manual_seed(derive_seed("figures", seed))
             gen = torch.Generator(device=device).manual_seed(derive_seed("samples", seed))
+            test_data = test_data if test_data is not None else train_data
             if text is not None:
-                lines = text(model, train_data, N_TEXT_SAMPLES, gen)
-                path = Path(out_dir) / TEXT_SAMPLES_NAME
-                path.write_text("".join(line.replace("\n", " ") + "\n" for line in lines), encoding="utf-8")
-                written.append(path)
+                lines = _guarded(text, "the text samples", model, test_data, N_TEXT_SAMPLES, gen)
+                if lines is not None:
+                    path = Path(out_dir) / TEXT_SAMPLES_NAME
+                    path.write_text("".join(line.replace("\n", " ") + "\n" for line in lines), encoding="utf-8")
+                    written.append(path)
             elif callable(getattr(model, "sample", None)) or outputs is None:
                 written += _generic_figure(model, train_data, Path(out_dir), step, device, gen)
             if outputs is not None:
-                run = RunView(Path(out_dir), step, train_data, test_data if test_data is not None else train_data,
-                              device, torch.Generator(device=device).manual_seed(derive_seed("outputs", seed)))
-                written += list(outputs(model, run))
+                run = RunView(Path(out_dir), step, train_data, test_data, device,
+                              torch.Generator(device=device).manual_seed(derive_seed("outputs", seed)))
+                written += _guarded(outputs, "the model's own outputs", model, run) or []
     finally:
         model.train(was_training)
     return written
+
+
+def _guarded(hook: Callable[..., Any], what: str, *args: Any) -> Any:
+    """``hook(*args)``, or None with a warning when it raises (disk errors excepted: those are
+    the run's to report)."""
+    try:
+        return hook(*args)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an output must not end a run
+        warn(f"kexue.train: {what} failed ({type(e).__name__}: {e}); skipped")
+        return None
 
 
 def _generic_figure(model: nn.Module, train_data: Dataset, out_dir: Path, step: int, device: torch.device,
@@ -96,7 +112,7 @@ def _generic_figure(model: nn.Module, train_data: Dataset, out_dir: Path, step: 
         if samples is None:
             return written
         if tuple(samples.shape[1:]) != shape:
-            _warn(f"kexue.train: model.sample returned shape {list(samples.shape)}, expected "
+            warn(f"kexue.train: model.sample returned shape {list(samples.shape)}, expected "
                   f"[n, {', '.join(map(str, shape))}]; no sample grid drawn")
             return written
         path = out_dir / f"samples_step{step}.png"
@@ -113,14 +129,14 @@ def _generic_figure(model: nn.Module, train_data: Dataset, out_dir: Path, step: 
             try:
                 density = plots.density_on_grid(log_prob, box, device=device)
             except Exception as e:  # noqa: BLE001 - a figure must not end a run
-                _warn(f"kexue.train: model.log_prob failed ({type(e).__name__}: {e}); "
+                warn(f"kexue.train: model.log_prob failed ({type(e).__name__}: {e}); "
                       "density.png has no density map")
                 notes.append("log_prob failed")
         samples = _try_sample(model, N_POINT_SAMPLES, gen, "the samples of density.png")
         if samples is None:
             notes.append("no samples")
         elif tuple(samples.shape[1:]) != (2,):
-            _warn(f"kexue.train: model.sample returned shape {list(samples.shape)}, expected [n, 2]")
+            warn(f"kexue.train: model.sample returned shape {list(samples.shape)}, expected [n, 2]")
             samples = None
         path = out_dir / "density.png"
         plots.save_density_plot(path, data, density=density, box=box, samples=samples,
@@ -132,13 +148,14 @@ def _generic_figure(model: nn.Module, train_data: Dataset, out_dir: Path, step: 
 def _try_sample(model: nn.Module, n: int, gen: torch.Generator, what: str) -> Optional[torch.Tensor]:
     sample = getattr(model, "sample", None)
     if not callable(sample):
-        _warn(f"kexue.train: {type(model).__name__} has no sample(); {what} is skipped")
+        warn(f"kexue.train: {type(model).__name__} has no sample(); {what} is skipped")
         return None
     try:
         return sample(n, generator=gen)
     except Exception as e:  # noqa: BLE001 - a figure must not end a run
-        _warn(f"kexue.train: model.sample failed ({type(e).__name__}: {e}); {what} is skipped")
+        warn(f"kexue.train: model.sample failed ({type(e).__name__}: {e}); {what} is skipped")
         return None
 
 
-__all__ = ["N_IMAGE_SAMPLES", "N_POINT_SAMPLES", "N_TEXT_SAMPLES", "RunView", "TEXT_SAMPLES_NAME", "make_figures"]
+__all__ = ["N_IMAGE_SAMPLES", "N_POINT_SAMPLES", "N_TEXT_SAMPLES", "RunView", "TEXT_SAMPLES_NAME", "make_figures",
+           "warn"]

@@ -68,7 +68,7 @@ def load_run(run_dir: Union[str, os.PathLike], device: Union[str, torch.device] 
                          f"model and cannot be read ({e})") from e
     with torch.random.fork_rng():
         torch.manual_seed(derive_seed("init", config.get("seed", 0)))
-        model = entry.build(train_ds, **config.get("model_kwargs", {}))
+        model = entry.build(train_ds, **config.get("model_options", config.get("model_kwargs", {})))
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(torch.device(device)).eval()
     return Run(model, config, train_ds, entry, int(ckpt.get("step", 0)), path)

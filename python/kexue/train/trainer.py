@@ -43,10 +43,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kexue.data import Dataset, get_dataset
+from kexue.data import Dataset, get_dataset, resolve_data_name
 from kexue.train import registry
 from kexue.train.optim import adam
-from kexue.train.outputs import make_figures
+from kexue.train.outputs import make_figures, warn as _warn
 from kexue.train.seeds import derive_seed
 from kexue.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -397,17 +397,15 @@ def load_data(data, test_data=None, n_levels: Optional[int] = None) -> Tuple[Dat
         if n_levels is not None:
             raise ValueError("n_levels is for data given by name or path; this Dataset has its own")
         return data, test_data if test_data is not None else data, data.name
-    name = os.fspath(data)
-    return (get_dataset(name, "train", seed=DATA_SEED, n_levels=n_levels),
-            get_dataset(name, "test", seed=DATA_SEED, n_levels=n_levels), name)
+    given = os.fspath(data)  # read as given, so that errors quote the user's own words
+    return (get_dataset(given, "train", seed=DATA_SEED, n_levels=n_levels),
+            get_dataset(given, "test", seed=DATA_SEED, n_levels=n_levels), resolve_data_name(given))
 
 
 def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_size, lr, eval_every,
            sample_every, checkpoint_every, resume, seed, progress, model_kwargs, max_grad_norm, log_every,
            eval_batch_size, test_data, n_levels) -> Dict[str, Any]:
     main = d.rank == 0
-    if main:
-        remove_stale_temporaries(out)  # left by a process killed while writing a checkpoint
     # ---- the checkpoint to resume from, and the options it implies -------------------------
     ckpt = None
     if ckpt_path.exists():
@@ -420,6 +418,8 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
     elif resume and main:
         print(f"kexue train: no checkpoint in {out}; starting a new run", file=sys.stderr)
     saved = ckpt["config"] if ckpt is not None else None
+    if main:
+        remove_stale_temporaries(out)  # left by a process killed while writing a checkpoint
 
     if isinstance(model, nn.Module):
         model_name, entry = f"<{type(model).__name__}>", None
@@ -453,6 +453,9 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
     train_ds, test_ds, data_name = load_data(data, test_data, n_levels)
     config = {
         "model": model_name, "model_kwargs": model_kwargs, "data": data_name, "n_levels": n_levels, "steps": steps,
+        # the options the model was built with, registration presets included: what load_run
+        # rebuilds, even after a later version changes a preset
+        "model_options": {**getattr(getattr(entry, "builder", None), "presets", {}), **model_kwargs},
         "batch_size": batch_size, "lr": lr, "seed": seed, "max_grad_norm": max_grad_norm,
         "eval_every": eval_every, "sample_every": sample_every, "checkpoint_every": checkpoint_every,
         "log_every": log_every, "eval_batch_size": eval_batch_size, "world_size": d.world,
@@ -556,10 +559,6 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
                 _report(bar, done, last_test)
             if main:
                 append_metrics(metrics_path, records)
-                if ((sample_every and done % sample_every == 0) or done == steps):
-                    make_figures(core, train_ds, out, done, seed=seed, device=d.device, test_data=test_ds,
-                                 outputs=entry.outputs if entry is not None else None,
-                                 text=entry.text if entry is not None else None)
             if (checkpoint_every and done % checkpoint_every == 0) or done == steps:
                 local = {"rng": _rng_state(d.device), "window_sums": window_sums, "window_count": window_count}
                 rank_states = d.gather(local)
@@ -570,6 +569,11 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
                         "world_size": d.world, "model_state_dict": core.state_dict(),
                         "optimizer_state_dict": opt.state_dict(), "rank_states": rank_states,
                     })
+            # after the checkpoint: whatever a figure does, the step's work is saved
+            if main and ((sample_every and done % sample_every == 0) or done == steps):
+                make_figures(core, train_ds, out, done, seed=seed, device=d.device, test_data=test_ds,
+                             outputs=entry.outputs if entry is not None else None,
+                             text=entry.text if entry is not None else None)
     finally:
         if bar is not None:
             bar.close()
@@ -587,9 +591,12 @@ def _check_resume(ckpt: Mapping[str, Any], config: Mapping[str, Any], by_name: b
     saved = ckpt["config"]
     if by_name and saved["model"] != config["model"]:
         raise ValueError(f"the checkpoint is of model {saved['model']!r}, not {config['model']!r}")
-    for key in ("data", "model_kwargs"):
-        if saved[key] != config[key]:
-            raise ValueError(f"the checkpoint was trained with {key}={saved[key]!r}, not {config[key]!r}")
+    # (runs before paths were recorded absolute have them as given)
+    if saved["data"] != config["data"] and resolve_data_name(saved["data"]) != config["data"]:
+        raise ValueError(f"the checkpoint was trained with data={saved['data']!r}, not {config['data']!r}")
+    for key in ("model_kwargs", "n_levels"):
+        if saved.get(key) != config[key]:
+            raise ValueError(f"the checkpoint was trained with {key}={saved.get(key)!r}, not {config[key]!r}")
     changed = [k for k in ("batch_size", "seed", "lr", "max_grad_norm", "world_size") if saved[k] != config[k]]
     if changed:
         _warn("kexue.train: resuming with a different " + ", ".join(

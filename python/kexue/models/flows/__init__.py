@@ -21,9 +21,7 @@ register_class("fvae", FVAE, default_data="digits", steps=3000, batch_size=64,
 register_class("vae-baseline", FVAE, defaults=dict(posterior="gaussian", hidden=128, blocks=8),
                default_data="digits", steps=3000, batch_size=64,
                description="the plain Gaussian VAE of f-VAE's architecture, at f-VAE's size (baseline)")
-# One level by default, so that any even dimension works (the 2-D toy default included); 768-D
-# sentence embeddings take --set levels=2 or more.
-register_class("bertflow", BertFlow, default_data="8gaussians", steps=2000, batch_size=256, defaults=dict(levels=1),
+register_class("bertflow", BertFlow, default_data="8gaussians", steps=2000, batch_size=256,
                description="BERT-flow: vector Glow that Gaussianises sentence embeddings (.npy [N, D])")
 
 register_class("iresnet", IResNet, default_data="8gaussians", steps=3000, batch_size=256,

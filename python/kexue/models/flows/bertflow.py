@@ -24,19 +24,23 @@ class BertFlow(FlowModel):
 
     Options:
     levels: number of levels; a learned-prior split factors out half of the features between
-      consecutive levels (D must be divisible by 2^levels)
+      consecutive levels (D must be divisible by 2^levels; None: 2 when D is divisible by 4,
+      else 1)
     depth: flow steps per level (ActNorm, feature reversal, coupling)
     hidden: width of the hidden layers of the coupling and split-prior MLPs
     coupling: 'additive' (volume-preserving, the authors' choice) or 'affine' (Glow's
       sigmoid(s + 2) scale)
     """
 
-    def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, levels: int = 2, depth: int = 3,
+    def __init__(self, event_shape: Sequence[int], n_levels: Optional[int] = None, levels: Optional[int] = None,
+                 depth: int = 3,
                  hidden: int = 32, coupling: str = "additive"):
         if len(event_shape) != 1:
             raise ValueError(f"BertFlow: expects embedding vectors [D], got event shape {list(event_shape)}")
         if n_levels:
             raise ValueError("BertFlow: embeddings are continuous; n_levels must be None")
+        if levels is None:
+            levels = 2 if event_shape[0] % 4 == 0 else 1
         if isinstance(levels, int) and levels >= 1 and event_shape[0] % 2**levels:
             raise ValueError(f"BertFlow: {event_shape[0]} features cannot be halved across levels={levels} "
                              f"(D must be divisible by 2^levels = {2**levels}); set levels lower")

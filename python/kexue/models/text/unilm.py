@@ -287,7 +287,8 @@ def build_unilm(dataset, **overrides) -> UniLM:
     width = dataset.event_shape[0]
     if width < 2:
         raise ValueError(f"unilm: lines of {width} character(s) cannot be split into a source and a target")
-    overrides.setdefault("source_length", width // 2)
+    if overrides.get("source_length") is None:  # None is the option's "derived" default
+        overrides["source_length"] = width // 2
     return UniLM(len(dataset.vocab), **overrides)
 
 

@@ -350,7 +350,8 @@ def build_univae(dataset, **overrides) -> UniVAE:
     if getattr(dataset, "vocab", None) is None or len(dataset.event_shape) != 1:
         raise ValueError(f"univae needs a text data set (a .txt file of equal-length lines), got {dataset.name!r} "
                          f"with event shape {list(dataset.event_shape)}")
-    overrides.setdefault("max_length", dataset.event_shape[0])
+    if overrides.get("max_length") is None:  # None is the option's "derived" default
+        overrides["max_length"] = dataset.event_shape[0]
     return UniVAE(len(dataset.vocab), **overrides)
 
 
