@@ -66,6 +66,8 @@ class ModelEntry:
     # -> [str]: n generated lines, for samples.txt and ``kexue sample``.
     outputs: Optional[Callable[..., Any]] = None
     text: Optional[Callable[..., Any]] = None
+    # Options this registration sets unlike the model's own defaults (e.g. WGAN-GP's λ).
+    presets: Dict[str, Any] = field(default_factory=dict)
     option_index: Dict[str, Option] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self):
@@ -95,7 +97,8 @@ class ModelEntry:
         return f"{self.name} has no option {key!r}; {guess}its options are: {', '.join(names) or '(none)'}"
 
     def build(self, dataset, **overrides):
-        return self.builder(dataset, **self.check_options(overrides))
+        """The model for ``dataset``: the builder given the presets, then ``overrides``."""
+        return self.builder(dataset, **{**self.presets, **self.check_options(overrides)})
 
 
 MODELS: Dict[str, ModelEntry] = {}
@@ -107,12 +110,13 @@ def register(name: str, builder: Callable[..., Any], *, default_data: str, descr
              options: Optional[Tuple[Option, ...]] = None, data_params: Tuple[str, ...] = ("dataset",),
              steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
              outputs: Optional[Callable[..., Any]] = None, text: Optional[Callable[..., Any]] = None,
-             replace: bool = False) -> ModelEntry:
+             presets: Optional[Mapping[str, Any]] = None, replace: bool = False) -> ModelEntry:
     """Register ``builder`` under ``name``; returns the entry.
 
     ``options`` (default: read off ``builder``'s own signature) are the ``--set`` keys;
     ``steps``, ``batch_size`` and ``lr`` are the training defaults of ``kexue train``;
-    ``outputs`` and ``text`` are the family's own run outputs (see ModelEntry).
+    ``outputs`` and ``text`` are the family's own run outputs (see ModelEntry); ``presets``
+    are option values this registration uses instead of the builder's defaults.
 
     Registering a name again with the same builder is a no-op (a module imported twice); with a
     different builder it is an error unless ``replace=True``, so two families cannot silently
@@ -127,30 +131,33 @@ def register(name: str, builder: Callable[..., Any], *, default_data: str, descr
         raise ValueError(f"register: a model named {name!r} is already registered "
                          f"({old.description!r}); pass replace=True to replace it")
     open_options = False
+    presets = dict(presets or {})
     if options is None:
-        options = options_of(builder, data=data_params)
+        options = options_of(builder, data=data_params, defaults=presets)
         open_options = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
+    else:  # show the presets as the defaults
+        options = tuple(Option(o.name, presets[o.name], o.type, o.help) if o.name in presets else o for o in options)
     entry = ModelEntry(name, builder, default_data, description, tuple(options), tuple(data_params),
-                       steps, batch_size, lr, open_options, outputs, text)
+                       steps, batch_size, lr, open_options, outputs, text, presets)
     MODELS[name] = entry
     return entry
 
 
 def _same_builder(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
-    """The same function, or two class_builders of one class with the same presets (a module
-    imported twice makes a new closure)."""
-    key = lambda f: (getattr(f, "model_class", None), getattr(f, "presets", None))  # noqa: E731
-    return a is b or (key(a)[0] is not None and key(a) == key(b))
+    """The same function, or two class_builders of one class (a module imported twice makes a
+    new closure)."""
+    cls = getattr(a, "model_class", None)
+    return a is b or (cls is not None and cls is getattr(b, "model_class", None))
 
 
-def class_builder(cls: type, **defaults: Any) -> Callable[..., Any]:
-    """``build(dataset, **overrides) = cls(dataset.event_shape, dataset.n_levels, **defaults,
-    **overrides)``: the builder of every model whose architecture follows from its data's shape
-    and number of levels."""
-    def build(dataset, **overrides):
-        return cls(tuple(dataset.event_shape), dataset.n_levels, **{**defaults, **overrides})
+def class_builder(cls: type) -> Callable[..., Any]:
+    """``build(dataset, **options) = cls(dataset.event_shape, dataset.n_levels, **options)``: the
+    builder of every model whose architecture follows from its data's shape and number of
+    levels."""
+    def build(dataset, **options):
+        return cls(tuple(dataset.event_shape), dataset.n_levels, **options)
 
-    build.model_class, build.presets = cls, dict(defaults)
+    build.model_class = cls
     build.__qualname__ = f"build_{cls.__name__}"
     build.__doc__ = f"{cls.__name__}(dataset.event_shape, dataset.n_levels, **options)"
     return build
@@ -160,10 +167,9 @@ def register_class(name: str, cls: type, *, default_data: str, description: str,
                    defaults: Optional[Mapping[str, Any]] = None, **training: Any) -> ModelEntry:
     """Register ``cls`` built by ``class_builder`` (its options: ``cls``'s keyword parameters,
     with ``defaults`` preset); ``training`` takes ``steps``, ``batch_size``, ``lr``, ``outputs``, ``text``."""
-    defaults = dict(defaults or {})
-    return register(name, class_builder(cls, **defaults), default_data=default_data, description=description,
-                    options=options_of(cls, data=IMAGE_DATA_PARAMS, defaults=defaults),
-                    data_params=IMAGE_DATA_PARAMS, **training)
+    return register(name, class_builder(cls), default_data=default_data, description=description,
+                    options=options_of(cls, data=IMAGE_DATA_PARAMS), data_params=IMAGE_DATA_PARAMS,
+                    presets=defaults, **training)
 
 
 def _load_families() -> None:

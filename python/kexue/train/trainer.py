@@ -455,7 +455,7 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
         "model": model_name, "model_kwargs": model_kwargs, "data": data_name, "n_levels": n_levels, "steps": steps,
         # the options the model was built with, registration presets included: what load_run
         # rebuilds, even after a later version changes a preset
-        "model_options": {**getattr(getattr(entry, "builder", None), "presets", {}), **model_kwargs},
+        "model_options": {**(entry.presets if entry is not None else {}), **model_kwargs},
         "batch_size": batch_size, "lr": lr, "seed": seed, "max_grad_norm": max_grad_norm,
         "eval_every": eval_every, "sample_every": sample_every, "checkpoint_every": checkpoint_every,
         "log_every": log_every, "eval_batch_size": eval_batch_size, "world_size": d.world,

@@ -13,7 +13,7 @@ from kexue.models.diffusion.schedules import (
 )
 from kexue.train.registry import register
 
-register("ddpm", build_ddpm, default_data="moons", steps=2000, batch_size=256,
+register("ddpm", build_ddpm, default_data="moons", steps=10000, batch_size=256,
          description="DDPM: ε-prediction (MLP for 2-D, UNet for images); samplers ddpm, ddim, ode_euler, ode_heun")
 
 __all__ = ["DDPM", "build_ddpm", "MLPDenoiser", "UNet", "timestep_embedding", "SAMPLERS", "GraphCache",
