@@ -31,7 +31,10 @@ def test_matches_reference(device, shape, reverse, dtype):
     torch.testing.assert_close(ld, ldr, **tol)
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 6, 6), (8, 5), (2, 3, 150, 150)])
+# The GPU backward splits each channel's batch × spatial elements into slices of ~4096: one big
+# image (1, 2, 90, 100) gives two slices cutting its only sample in half, (5, 2, 3000) three
+# slices cutting samples 1 and 3.
+@pytest.mark.parametrize("shape", [(4, 3, 6, 6), (8, 5), (2, 3, 150, 150), (1, 2, 90, 100), (5, 2, 3000)])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_backward_matches_reference(device, shape, reverse):
     args = inputs(shape, torch.float64, device=device, requires_grad=True)

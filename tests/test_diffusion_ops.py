@@ -125,6 +125,8 @@ def test_ddim_eta_zero_is_deterministic(device):
 def test_steps_low_precision(device, dtype):
     x, eps, z = data((3, 1031), device)
     ac = linear_abar(device)
+    t3 = torch.tensor([3, 400, 999], device=device)
+    ab3 = torch.tensor([0.2, 0.5, 0.85], dtype=torch.float64, device=device)
     cases = [
         (lambda a, b, c: D.ddpm_step(a, b, 700, ac, noise=c, clip_x0=1.0),
          lambda a, b, c: D.reference_ddpm_step(a, b, 700, ac, c, clip_x0=1.0)),
@@ -132,6 +134,11 @@ def test_steps_low_precision(device, dtype):
          lambda a, b, c: D.reference_ddim_step(a, b, 0.3, 0.5, eta=0.5, noise=c)),
         (lambda a, b, c: D.ode_heun_step(a, b, c, 0.3, 0.5),
          lambda a, b, c: D.reference_ode_heun_step(a, b, c, 0.3, 0.5)),
+        # per-sample t and ᾱ: the GPU's per-sample coefficient table (float for 16-bit data)
+        (lambda a, b, c: D.ddpm_step(a, b, t3, ac, noise=c),
+         lambda a, b, c: D.reference_ddpm_step(a, b, t3, ac, c)),
+        (lambda a, b, c: D.ddim_step(a, b, ab3, ab3 + 0.1, eta=0.5, noise=c),
+         lambda a, b, c: D.reference_ddim_step(a, b, ab3, ab3 + 0.1, eta=0.5, noise=c)),
     ]
     for ours_fn, ref_fn in cases:
         hi = ref_fn(x, eps, z)

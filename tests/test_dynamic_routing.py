@@ -236,3 +236,18 @@ def test_property_random_shapes(shape, iterations, squash, detach, seed):
     (gu,) = torch.autograd.grad(v, u, g)
     (gr,) = torch.autograd.grad(vr, u, g)
     torch.testing.assert_close(gu, gr, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_beyond_the_block_count(device):
+    """More samples than the GPU launches blocks (2048): blocks stride over the batch, each
+    reusing its workspace slice; the results must not depend on which block took a sample."""
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(2100, 3, 2, 4, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    ref = u.detach().clone().requires_grad_()
+    v = dynamic_routing(u, iterations=2)
+    vr = reference_dynamic_routing(ref, iterations=2)
+    torch.testing.assert_close(v, vr, rtol=1e-10, atol=1e-12)
+    gv = torch.randn(v.shape, generator=g, dtype=torch.float64).to(device)
+    (v * gv).sum().backward()
+    (vr * gv).sum().backward()
+    torch.testing.assert_close(u.grad, ref.grad, rtol=1e-10, atol=1e-12)

@@ -203,6 +203,17 @@ def test_grouped_equals_single(device, dtype, n_iter):
         assert torch.equal(us_g[i], u) and torch.equal(vs_g[i], v)
 
 
+def test_grouped_table_of_more_weights_than_one_upload(device):
+    """The GPU uploads the weight table 32 entries per launch (as kernel parameters, so a CUDA
+    graph replay rebuilds it): 70 weights take three uploads, the last one partial."""
+    triples = [make((3 + i % 5, 2 + i % 7), torch.float64, device, seed=100 + i) for i in range(70)]
+    us_g, vs_g = [t[1].clone() for t in triples], [t[2].clone() for t in triples]
+    sig_g = spectral_norm_power_iteration_grouped([t[0] for t in triples], us_g, vs_g, n_iter=2)
+    for i, (W, u, v) in enumerate(triples):
+        assert torch.equal(sig_g[i], spectral_norm_power_iteration(W, u, v, n_iter=2)), i
+        assert torch.equal(us_g[i], u) and torch.equal(vs_g[i], v)
+
+
 def test_grouped_empty_and_errors():
     assert spectral_norm_power_iteration_grouped([], [], []).shape == (0,)
     W, u, v = make((4, 3))
@@ -468,6 +479,35 @@ def test_device_mismatch():
         torch.ops.kexue.spectral_norm_power_iteration(W, u.cpu(), v, 1, 1e-12)
     with pytest.raises(RuntimeError, match=r"Ws\[1\] must be on cuda"):
         spectral_norm_power_iteration_grouped([W, W.cpu()], [u, u.cpu()], [v, v.cpu()])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and kexue.build_info()["cuda"]), reason="needs CUDA")
+def test_grouped_in_a_cuda_graph_replays_its_own_table():
+    """Captured once, replayed after the allocators have handed the capture's host and device
+    buffers out again: the replay must still find every weight (the table is rebuilt from the
+    graph's own kernel parameters)."""
+    triples = [make((16 + i, 8 + i % 3), torch.float32, "cuda", seed=i) for i in range(40)]
+    Ws = [t[0] for t in triples]
+    u0, v0 = [t[1].clone() for t in triples], [t[2].clone() for t in triples]
+    us, vs = [u.clone() for u in u0], [v.clone() for v in v0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the capture
+        spectral_norm_power_iteration_grouped(Ws, us, vs, n_iter=2)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sigma = spectral_norm_power_iteration_grouped(Ws, us, vs, n_iter=2)
+    junk = [torch.full((4096,), 7.0).pin_memory() for _ in range(8)] + [torch.empty(1 << 20, device="cuda")]
+    for u, v, a, b in zip(us, vs, u0, v0):
+        u.copy_(a)
+        v.copy_(b)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = spectral_norm_power_iteration_grouped(Ws, [u.clone() for u in u0], [v.clone() for v in v0], n_iter=2)
+    torch.testing.assert_close(sigma, expected)
+    del junk
 
 
 # ---- property test -------------------------------------------------------------------------------

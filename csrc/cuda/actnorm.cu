@@ -1,6 +1,8 @@
 // ActNorm forward/backward on the GPU. x is [batch, channels, spatial].
-// Backward: blocks own (channel, slice of the batch); each writes the channel's partial
-// gradient sums for its slice, and a finishing kernel adds the slices in fixed order.
+// Backward: blocks own (channel, slice of that channel's batch × spatial elements); each writes
+// the channel's partial gradient sums for its slice, and a finishing kernel adds the slices in
+// fixed order. Slicing the flattened batch × spatial range (not whole samples) keeps every block
+// busy for one large image as for many small ones.
 #include <algorithm>
 
 #include "cuda/common.cuh"
@@ -42,9 +44,9 @@ template <typename T, bool Reverse>
 __global__ void __launch_bounds__(kThreads) backward_kernel(actnorm::GradArgs a, int64_t slices) {
   using A = acc_t<T>;
   const int64_t C = a.channels, S = a.spatial;
-  const int64_t rows = (a.batch + slices - 1) / slices;
-  const int64_t slice = blockIdx.x, n0 = slice * rows, n1 = min(a.batch, n0 + rows);
-  const int64_t count = max(int64_t(0), n1 - n0) * S;
+  const int64_t per_channel = a.batch * S;
+  const int64_t chunk = (per_channel + slices - 1) / slices;
+  const int64_t slice = blockIdx.x, k0 = slice * chunk, k1 = min(per_channel, k0 + chunk);
   const T* g = static_cast<const T*>(a.grad_out);
   const T* x = static_cast<const T*>(a.x);
   T* gx = static_cast<T*>(a.grad_x);
@@ -54,8 +56,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(actnorm::GradArgs a,
     const auto ch = actnorm::channel(static_cast<const A*>(a.bias)[c],
                                      static_cast<const A*>(a.log_s)[c], Reverse);
     A sb = A(0), sls = A(0);
-    for (int64_t k = threadIdx.x; k < count; k += kThreads) {
-      const int64_t n = n0 + k / S, j = k % S;
+    for (int64_t k = k0 + threadIdx.x; k < k1; k += kThreads) {
+      const int64_t n = k / S, j = k % S;
       const int64_t i = (n * C + c) * S + j;
       const auto r = actnorm::backward_elem(load<A>(g + i), load<A>(x + i), ch, Reverse);
       if (gx) store(gx + i, r.gx);

@@ -15,7 +15,17 @@ namespace {
 
 using caps::Squash;
 
-unsigned grid_for(int64_t batch) { return static_cast<unsigned>(std::min<int64_t>(batch, 2048)); }
+// Blocks stride over the batch, each with its own workspace slice: at most 2048 blocks, and no
+// more than keep the whole workspace within kScratchBudget (the CapsNet backward needs ~330 KB a
+// block: 2048 blocks would take 674 MB) unless that leaves fewer than kMinBlocks.
+constexpr int64_t kMaxBlocks = 2048;
+constexpr int64_t kMinBlocks = 264;  // two per SM of an H200
+constexpr int64_t kScratchBudget = int64_t(256) << 20;
+
+unsigned grid_for(int64_t batch, int64_t block_bytes) {
+  const int64_t by_budget = std::max<int64_t>(kMinBlocks, kScratchBudget / std::max<int64_t>(1, block_bytes));
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min({batch, kMaxBlocks, by_budget})));
+}
 
 // out[jd] = Σ_i w[i, j] u[i, jd] (jd = j·D + d). For P = N_out·D ≤ kThreads the block is split
 // into kThreads/P stripes over i, each thread owning one jd (reads coalesced along jd); the
@@ -184,33 +194,42 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(caps::GradArgs a) {
 
 size_t acc_size(DType d) { return d == DType::F64 ? sizeof(double) : sizeof(float); }
 
+int64_t forward_block_bytes(const caps::Args& a) {
+  return caps::forward_scratch(a.n_in, a.n_out, a.dim) * static_cast<int64_t>(acc_size(a.dtype));
+}
+
+int64_t backward_block_bytes(const caps::GradArgs& a) {
+  return caps::backward_scratch(a.iterations, a.n_in, a.n_out, a.dim) * static_cast<int64_t>(acc_size(a.dtype));
+}
+
 }  // namespace
 
 size_t dynamic_routing_forward_workspace(const caps::Args& a) {
   if (a.batch == 0) return 0;
-  return grid_for(a.batch) * caps::forward_scratch(a.n_in, a.n_out, a.dim) * acc_size(a.dtype);
+  const int64_t bytes = forward_block_bytes(a);
+  return static_cast<size_t>(grid_for(a.batch, bytes)) * static_cast<size_t>(bytes);
 }
 
 int dynamic_routing_forward(const caps::Args& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    KX_LAUNCH(grid_for(a.batch), kThreads, 0, st, forward_kernel<T>)(a);
+    KX_LAUNCH(grid_for(a.batch, forward_block_bytes(a)), kThreads, 0, st, forward_kernel<T>)(a);
   });
   return last_error();
 }
 
 size_t dynamic_routing_backward_workspace(const caps::GradArgs& a) {
   if (a.batch == 0) return 0;
-  return grid_for(a.batch) * caps::backward_scratch(a.iterations, a.n_in, a.n_out, a.dim) *
-         acc_size(a.dtype);
+  const int64_t bytes = backward_block_bytes(a);
+  return static_cast<size_t>(grid_for(a.batch, bytes)) * static_cast<size_t>(bytes);
 }
 
 int dynamic_routing_backward(const caps::GradArgs& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    KX_LAUNCH(grid_for(a.batch), kThreads, 0, st, backward_kernel<T>)(a);
+    KX_LAUNCH(grid_for(a.batch, backward_block_bytes(a)), kThreads, 0, st, backward_kernel<T>)(a);
   });
   return last_error();
 }

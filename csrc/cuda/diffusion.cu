@@ -1,6 +1,8 @@
-// Diffusion steps and q_sample on the GPU: one pass over memory, one launch per step, noise drawn
-// in the kernel. A thread owns one group of 4 consecutive elements, which is also one Philox block
-// (csrc/kexue/philox.h), and moves it with vector loads when every pointer allows.
+// Diffusion steps and q_sample on the GPU: one pass over memory, noise drawn in the kernel. A
+// thread owns one group of 4 consecutive elements, which is also one Philox block
+// (csrc/kexue/philox.h), and moves it with vector loads when every pointer allows. A step's
+// float64 coefficients are computed once per sample (a pre-pass into a.coeffs when they vary per
+// sample, once per thread when they do not), not once per group of 4 elements.
 #include <algorithm>
 
 #include "cuda/common.cuh"
@@ -48,10 +50,19 @@ unsigned grid_for(int64_t groups) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((groups + kThreads - 1) / kThreads, 65535LL * 32)));
 }
 
+template <typename A>
+__global__ void __launch_bounds__(kThreads) coeffs_kernel(diff::StepArgs a) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; b < a.batch; b += stride)
+    static_cast<diff::Coeffs<A>*>(a.coeffs)[b] = diff::sample_coeffs<A>(a, b);
+}
+
 template <typename T, bool Clip, diff::Noise N, bool Heun>
 __global__ void __launch_bounds__(kThreads) step_kernel(diff::StepArgs a, bool vec) {
   using A = acc_t<T>;
   const int64_t total = a.batch * a.per_sample, groups = (total + 3) / 4;
+  const diff::Coeffs<A>* per_sample = static_cast<const diff::Coeffs<A>*>(a.coeffs);
+  const diff::Coeffs<A> uniform = per_sample ? diff::Coeffs<A>{} : diff::sample_coeffs<A>(a, 0);
   uint64_t seed = 0, offset = 0;
   if (N == diff::Noise::Philox) philox::resolve(a.rng, &seed, &offset);
   const A clip = static_cast<A>(a.clip_value);
@@ -68,13 +79,13 @@ __global__ void __launch_bounds__(kThreads) step_kernel(diff::StepArgs a, bool v
     float zp[4] = {0.f, 0.f, 0.f, 0.f};
     if (N == diff::Noise::Philox) philox::normals4(seed, offset, static_cast<uint64_t>(g), zp);
     int64_t b = i / a.per_sample;
-    diff::Coeffs<A> c = diff::sample_coeffs<A>(a, b);
+    diff::Coeffs<A> c = per_sample ? per_sample[b] : uniform;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (k >= n) break;
-      if ((i + k) / a.per_sample != b) {  // the group straddles two samples
+      if (per_sample && (i + k) / a.per_sample != b) {  // the group straddles two samples
         b = (i + k) / a.per_sample;
-        c = diff::sample_coeffs<A>(a, b);
+        c = per_sample[b];
       }
       A e = load<A>(&e1[k]);
       if (Heun) e = A(0.5) * (e + load<A>(&e2[k]));
@@ -134,12 +145,20 @@ void launch_noise(const diff::StepArgs& a, bool vec, unsigned grid, cudaStream_t
 
 }  // namespace
 
+size_t diffusion_step_workspace(const diff::StepArgs& a) {
+  if (!diff::per_sample_coeffs(a) || a.batch * a.per_sample == 0) return 0;
+  const size_t one = a.dtype == DType::F64 ? sizeof(diff::Coeffs<double>) : sizeof(diff::Coeffs<float>);
+  return static_cast<size_t>(a.batch) * one;
+}
+
 int diffusion_step(const diff::StepArgs& a, void* stream) {
   const int64_t total = a.batch * a.per_sample;
   if (total == 0) return 0;
+  if (diff::per_sample_coeffs(a) && !a.coeffs) return cudaErrorInvalidValue;  // diffusion_step_workspace unmet
   const auto st = static_cast<cudaStream_t>(stream);
   const unsigned grid = grid_for((total + 3) / 4);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
+    if (a.coeffs) KX_LAUNCH(grid_for(a.batch), kThreads, 0, st, coeffs_kernel<acc_t<T>>)(a);
     const bool vec = aligned4<T>(a.x) && aligned4<T>(a.eps) && aligned4<T>(a.eps2) &&
                      aligned4<T>(a.noise) && aligned4<T>(a.out) && aligned4<T>(a.x0);
     if (a.clip)

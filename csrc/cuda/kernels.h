@@ -49,6 +49,7 @@ int em_routing_forward(const em::Args& a, void* stream);
 size_t em_routing_backward_workspace(const em::GradArgs& a);  // bytes
 int em_routing_backward(const em::GradArgs& a, void* stream);
 
+size_t diffusion_step_workspace(const diff::StepArgs& a);  // bytes, for a.coeffs
 int diffusion_step(const diff::StepArgs& a, void* stream);
 int q_sample(const diff::QSampleArgs& a, void* stream);
 

@@ -277,6 +277,28 @@ SnPlan spectral_norm_plan(Entry* entries, int64_t count) {
   return p;
 }
 
+// The weight table travels to the device inside kernel parameters, kTableChunk entries a launch
+// (96 B each: well under the 4 KB parameter limit). A captured graph keeps the parameters in its
+// kernel nodes, so a replay rebuilds the same table; a pinned host buffer copied with
+// cudaMemcpyAsync would instead be read at replay time, after the allocator has reused it.
+constexpr int kTableChunk = 32;
+struct TableChunk {
+  Entry e[kTableChunk];
+};
+
+__global__ void __launch_bounds__(kTableChunk) fill_table_kernel(Entry* table, TableChunk chunk, int n) {
+  if (static_cast<int>(threadIdx.x) < n) table[threadIdx.x] = chunk.e[threadIdx.x];
+}
+
+void upload_table(Entry* table, const Entry* host, int64_t count, cudaStream_t st) {
+  for (int64_t first = 0; first < count; first += kTableChunk) {
+    const int n = static_cast<int>(std::min<int64_t>(kTableChunk, count - first));
+    TableChunk chunk{};
+    for (int k = 0; k < n; ++k) chunk.e[k] = host[first + k];
+    KX_LAUNCH(1, kTableChunk, 0, st, fill_table_kernel)(table + first, chunk, n);
+  }
+}
+
 size_t spectral_norm_workspace(const SnPlan& p, DType dtype) {
   return static_cast<size_t>(p.t_elems + p.part_elems) * acc_size(dtype);
 }
@@ -285,6 +307,7 @@ int spectral_norm_power_iteration(const sn::PowerArgs& a, const SnPlan& p, void*
   if (a.count == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   const Entry* table = a.count == 1 ? nullptr : a.device_entries;
+  if (table) upload_table(a.device_entries, a.entries, a.count, st);
   const Entry single = a.entries[0];
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
     using A = acc_t<T>;

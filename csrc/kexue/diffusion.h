@@ -52,6 +52,9 @@ struct StepArgs {
   double clip_value = 1.0;
   Noise noise_kind = Noise::None;
   philox::State rng;
+  // GPU only: Coeffs<acc_t> [batch], each sample's coefficients computed once by a pre-pass
+  // (null when no input varies per sample: every thread then computes the one set itself).
+  void* coeffs = nullptr;
 };
 
 // q_sample: out = √ᾱ·x0 + √(1−ᾱ)·noise with ᾱ per sample.
@@ -100,6 +103,11 @@ template <typename A> KX_HOST_DEVICE Coeffs<A> coeffs(A abar, A abar_prev, Rule 
     c.q = sqrt_(qq > A(0) ? qq : A(0));
   }
   return c;
+}
+
+// Whether any coefficient input is a per-sample array (else every sample has the same coefficients).
+KX_HOST_DEVICE bool per_sample_coeffs(const StepArgs& a) {
+  return a.rule == Rule::DDPM ? a.t_ptr != nullptr : (a.abar_t.ptr != nullptr || a.abar_prev.ptr != nullptr);
 }
 
 // The coefficients of sample b, computed in float64 and rounded to the accumulation type.

@@ -157,10 +157,11 @@ struct PowerArgs {
   int64_t n_iter;
   double eps;
   void* sigma;  // [count] of acc_t<dtype>
-  // CUDA only: the same table in device memory (null when count == 1: the launcher then passes
-  // entries[0] by value, so the single op needs no host-to-device copy), and the workspace
-  // whose size the planner returned.
-  const Entry* device_entries;
+  // CUDA only: device memory for the same table, [count] entries, which the launcher fills from
+  // `entries` with kernels that carry them as parameters (no host buffer that a CUDA graph replay
+  // would read after it is reused); null when count == 1 (entries[0] then goes by value). And the
+  // workspace whose size the planner returned.
+  Entry* device_entries;
   void* workspace;
 };
 

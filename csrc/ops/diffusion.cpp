@@ -189,6 +189,8 @@ std::tuple<at::Tensor, at::Tensor> run_step(diff::StepArgs& a, const at::Tensor&
 #ifdef KX_GPU_LAUNCHERS
   if (gpu_launchers(xc)) {
     LaunchScope launch(xc);
+    at::Tensor coeffs;
+    a.coeffs = scratch(coeffs, cuda::diffusion_step_workspace(a), xc);
     check_cuda_launch(cuda::diffusion_step(a, launch.stream()), op);
     return {out, x0};
   }

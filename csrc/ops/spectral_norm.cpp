@@ -6,7 +6,6 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <utility>
 #include <string>
 #include <vector>
@@ -96,12 +95,9 @@ void run_power_iteration(at::TensorList Ws, at::TensorList us, at::TensorList vs
     at::Tensor ws = at::empty({bytes}, Ws[0].options().dtype(at::kByte));
     a.workspace = bytes ? ws.data_ptr() : nullptr;
     at::Tensor table;
-    if (L > 1) {  // the table of weights, in device memory (the emulator's device is the host)
-      const auto tbytes = static_cast<int64_t>(L * sizeof(sn::Entry));
-      at::Tensor host = at::empty({tbytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(Ws[0].is_cuda()));
-      std::memcpy(host.data_ptr(), entries.data(), static_cast<size_t>(tbytes));
-      table = host.to(Ws[0].device(), /*non_blocking=*/true);
-      a.device_entries = static_cast<const sn::Entry*>(table.const_data_ptr());
+    if (L > 1) {  // device memory for the table of weights; the launcher fills it
+      table = at::empty({static_cast<int64_t>(L * sizeof(sn::Entry))}, Ws[0].options().dtype(at::kByte));
+      a.device_entries = static_cast<sn::Entry*>(table.data_ptr());
     }
     check_cuda_launch(cuda::spectral_norm_power_iteration(a, plan, launch.stream()), op);
     done = true;
