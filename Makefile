@@ -10,7 +10,7 @@ NVCC   ?= nvcc
 DEPS   := scikit_build_core:scikit-build-core pybind11:pybind11 ninja:ninja pytest:pytest \
           hypothesis:hypothesis numpy:numpy scipy:scipy sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm
 
-.PHONY: demo test test-cuda bench wheel build deps cuda-check gpu-check gpu-check-dry clean
+.PHONY: demo test test-cuda bench wheel build deps cuda-check sass-report gpu-check gpu-check-dry clean
 
 # The demo's poetry and sentence-matching sections read the small corpora beside the repository
 # when they are there (../shared/data); without them those sections say they are skipped.
@@ -62,6 +62,20 @@ cuda-check: deps
 	  $(CXX) -std=c++17 -fsyntax-only -Werror -DKEXUE_WITH_CUDA=1 -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE \
 	    -Icsrc -isystem $$ti -isystem $$ti/torch/csrc/api/include -isystem $(CUDA_INC) $$f; \
 	done
+
+# A static report per kernel for sm_90 without a GPU (registers, spills, shared memory, occupancy,
+# HMMA/LDSM/LDGSTS per main-loop iteration, local memory) from ptxas -v and cuobjdump, checked
+# against the committed baseline so the instruction mix cannot regress silently. Needs nvcc; the
+# cuobjdump/nvdisasm pip packages are installed only when missing (no deps: never torch). A
+# deliberate change: $(PY) tools/sass_report.py --update-baseline $(SASS_BASELINE), then commit it.
+SASS_PKGS     := nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
+SASS_OUT      ?= bench/out/sass
+SASS_BASELINE ?= bench/sass_baseline.json
+sass-report: $(PY)
+	@command -v $(NVCC) >/dev/null || { echo "sass-report: $(NVCC) not found"; exit 1; }
+	@missing=$$($(PY) -c "import importlib.metadata as m, re, sys; have = {re.sub('[-_.]+', '-', d.metadata['Name'] or '').lower() for d in m.distributions()}; print(' '.join(p for p in sys.argv[1:] if p not in have))" $(SASS_PKGS)); \
+	if [ -n "$$missing" ]; then echo "installing: $$missing"; $(PIP) install -q $$missing; fi
+	NVCC=$(NVCC) $(PY) tools/sass_report.py --out $(SASS_OUT) --check $(SASS_BASELINE)
 
 # On the lent GPU machine, within ~10 minutes: sm_90 build, CUDA tests, compute-sanitizer, benchmarks,
 # one report in $(OUT). No deps/build prerequisites: that machine has no .venv, its python3 has torch.

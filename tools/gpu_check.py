@@ -18,7 +18,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/sass_tools.py, also when loaded by path
+import sass_tools  # noqa: E402
+from sass_tools import find_tool, parse_res_usage, short_signature  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET_S = 570.0
@@ -219,14 +222,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def find_tool(name: str) -> Optional[str]:
-    """A CUDA tool on PATH, else where the CUDA toolkit puts it."""
-    for path in (shutil.which(name), f"/usr/local/cuda/bin/{name}", f"/usr/local/cuda/{name}/{name}"):
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 def clip(text: str, n: int = SUMMARY_CHARS) -> str:
@@ -507,48 +502,13 @@ def bench_summary(data: dict) -> str:
 # Stage: sass
 
 
-def parse_res_usage(text: str) -> List[dict]:
-    """Rows {arch, name, REG, STACK, SHARED, LOCAL} of ``cuobjdump -res-usage`` output."""
-    rows, arch, function = [], "?", None
-    for line in text.splitlines():
-        match = re.match(r"\s*arch = (\S+)", line)
-        if match:
-            arch = match.group(1)
-            continue
-        match = re.match(r"\s*Function (\S+):\s*$", line)
-        if match:
-            function = match.group(1)
-            continue
-        if function and "REG:" in line:
-            values = dict(re.findall(r"(\w+):(\d+)", line))
-            rows.append({"arch": arch, "name": function,
-                         **{k: int(values.get(k, 0)) for k in ("REG", "STACK", "SHARED", "LOCAL")}})
-            function = None
-    return rows
-
-
-def short_signature(name: str) -> str:
-    """A demangled kernel name without its void return type, the anonymous namespace and the
-    parameter list."""
-    name = name.replace("(anonymous namespace)::", "")
-    name = name[len("void "):] if name.startswith("void ") else name
-    if not name.endswith(")"):
-        return name
-    depth = 0
-    for i in range(len(name) - 1, -1, -1):
-        depth += {")": 1, "(": -1}.get(name[i], 0)
-        if depth == 0:
-            return name[:i]
-    return name
-
-
 def demangle(log: StageLog, names: List[str]) -> List[str]:
-    cxxfilt = shutil.which("c++filt")
-    if cxxfilt is None:
-        return names
-    res = log.run([cxxfilt, *names], limit_s=10)
-    out = res.output.splitlines()
-    return [short_signature(n) for n in out] if res.rc == 0 and len(out) == len(names) else names
+    """Short signatures through c++filt, its command line and output logged."""
+    def run(cmd: Sequence[str]) -> Tuple[int, str]:
+        res = log.run(cmd, limit_s=10)
+        return (1 if res.rc is None else res.rc), res.output
+
+    return sass_tools.demangle(names, run)
 
 
 def stage_sass(ctx: Context, log: StageLog) -> Outcome:
