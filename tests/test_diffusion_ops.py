@@ -127,6 +127,7 @@ def test_steps_low_precision(device, dtype):
     ac = linear_abar(device)
     t3 = torch.tensor([3, 400, 999], device=device)
     ab3 = torch.tensor([0.2, 0.5, 0.85], dtype=torch.float64, device=device)
+    t1 = torch.tensor(650, device=device)
     cases = [
         (lambda a, b, c: D.ddpm_step(a, b, 700, ac, noise=c, clip_x0=1.0),
          lambda a, b, c: D.reference_ddpm_step(a, b, 700, ac, c, clip_x0=1.0)),
@@ -139,6 +140,9 @@ def test_steps_low_precision(device, dtype):
          lambda a, b, c: D.reference_ddpm_step(a, b, t3, ac, c)),
         (lambda a, b, c: D.ddim_step(a, b, ab3, ab3 + 0.1, eta=0.5, noise=c),
          lambda a, b, c: D.reference_ddim_step(a, b, ab3, ab3 + 0.1, eta=0.5, noise=c)),
+        # a one-element t tensor (a sampling loop's step index): uniform, no per-sample table
+        (lambda a, b, c: D.ddpm_step(a, b, t1, ac, noise=c),
+         lambda a, b, c: D.reference_ddpm_step(a, b, t1, ac, c)),
     ]
     for ours_fn, ref_fn in cases:
         hi = ref_fn(x, eps, z)

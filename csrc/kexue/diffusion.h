@@ -105,9 +105,11 @@ template <typename A> KX_HOST_DEVICE Coeffs<A> coeffs(A abar, A abar_prev, Rule 
   return c;
 }
 
-// Whether any coefficient input is a per-sample array (else every sample has the same coefficients).
+// Whether any coefficient input varies over the batch (else every sample has the coefficients of
+// sample 0; a one-element tensor, stride 0, such as a sampling loop's step index, counts as one).
+KX_HOST_DEVICE bool varies(const PerSample& p) { return p.ptr != nullptr && p.stride != 0; }
 KX_HOST_DEVICE bool per_sample_coeffs(const StepArgs& a) {
-  return a.rule == Rule::DDPM ? a.t_ptr != nullptr : (a.abar_t.ptr != nullptr || a.abar_prev.ptr != nullptr);
+  return a.rule == Rule::DDPM ? a.t_ptr != nullptr && a.t_stride != 0 : varies(a.abar_t) || varies(a.abar_prev);
 }
 
 // The coefficients of sample b, computed in float64 and rounded to the accumulation type.
