@@ -51,6 +51,7 @@ def one_line_error(err: str) -> str:
     (["train", "test-gaussian", "--set", "n_levels=17"], r"n_levels is a kexue train flag.*use --levels"),
     (["train", "glow", "--set", "n_levels=17"], r"n_levels is a kexue train flag.*use --levels"),
     (["train", "test-gaussian", "--set", "novalue"], r"--set expects key=value"),
+    (["train", "nvae", "--set", "groups_per_scale=[2, 1.5]"], r"item 1 of \[2, 1.5\] is not int"),
     (["train", "test-gaussian", "--device", "cuda"], r"device 'cuda': (this kexue build has no CUDA|torch sees no CUDA)"),
     (["train", "test-gaussian", "--device", "tpu"], r"device 'tpu'"),
     (["train", "test-gaussian", "--data", "no-such.npy"], r"no such \.npy file"),

@@ -64,8 +64,37 @@ class Option:
                 return value
         elif isinstance(value, (list, tuple)):
             if "list" in kinds:
-                return value
+                return self._check_items(value)
         raise ValueError(f"option {self.name}: expected {self.type}, got {value!r}")
+
+    def _check_items(self, value):
+        """A sequence value with its items checked against the annotation's item type
+        (``Sequence[int]``, ``Tuple[float, ...]``, ``List[str]``; a fixed ``Tuple[int, int]``
+        also by length)."""
+        items = _item_types(self.type)
+        if items is None:
+            return value
+        types, fixed = items
+        if fixed and len(value) != len(types):
+            raise ValueError(f"option {self.name}: expected {self.type} ({len(types)} items), got {value!r}")
+        out = []
+        for k, item in enumerate(value):
+            kinds = _kinds(types[k] if fixed else types[0])
+            if kinds is None:
+                out.append(item)
+            elif isinstance(item, bool):
+                if "bool" not in kinds:
+                    raise ValueError(f"option {self.name}: item {k} of {value!r} is not {types[k if fixed else 0]}")
+                out.append(item)
+            elif isinstance(item, int) and ("int" in kinds or "float" in kinds):
+                out.append(item if "int" in kinds else float(item))
+            elif isinstance(item, float) and "float" in kinds:
+                out.append(item)
+            elif isinstance(item, str) and "str" in kinds:
+                out.append(item)
+            else:
+                raise ValueError(f"option {self.name}: item {k} of {value!r} is not {types[k if fixed else 0]}")
+        return type(value)(out) if isinstance(value, tuple) else out
 
     def parse(self, text: str) -> Any:
         """A command-line value for this option, read by its declared type: ``none``/``null``,
@@ -143,6 +172,25 @@ def _split_top(text: str, sep: str = ",") -> List[str]:
     if cur.strip():
         parts.append(cur.strip())
     return parts
+
+
+def _item_types(annotation: str) -> Optional[Tuple[List[str], bool]]:
+    """(item annotations, fixed length?) of the sequence member of ``annotation``:
+    ``Sequence[int]`` -> (["int"], False), ``Tuple[int, int]`` -> (["int", "int"], True),
+    ``Tuple[int, ...]`` -> (["int"], False); None when no item type is written."""
+    a = annotation.strip().replace("typing.", "")
+    m = re.fullmatch(r"(Optional|Union)\[(.*)\]", a)
+    members = _split_top(m.group(2)) if m else _split_top(a, "|")
+    for member in members:
+        mm = re.fullmatch(r"(\w+)\[(.*)\]", member.strip())
+        if mm and mm.group(1) in _SEQUENCE_NAMES:
+            inner = _split_top(mm.group(2))
+            if len(inner) == 2 and inner[1] == "...":
+                return [inner[0]], False
+            if mm.group(1) in ("Tuple", "tuple"):
+                return inner, True
+            return inner[:1], False
+    return None
 
 
 def _kinds(annotation: str) -> Optional[Tuple[str, ...]]:
