@@ -109,6 +109,20 @@ __global__ void __launch_bounds__(kThreads)
   part[e.part_off + slice * e.cols + j] = s;
 }
 
+// sn::scaled_norm over a block: Σ (x_i·2^-E)^2 for x[0..n) (valid in thread 0), with
+// E = scale_exponent of the largest |x_i| (each thread passes the max of its own entries as m);
+// the norm is ldexp_(dsqrt(sum), E).
+template <typename A> __device__ A block_scaled_squares(const A* x, int64_t n, A m, int* E) {
+  *E = sn::scale_exponent(block_max(m));
+  const A down = sn::ldexp_(A(1), -*E);
+  A ss = A(0);
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+    const A y = x[i] * down;
+    ss += y * y;
+  }
+  return block_sum(ss);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     finish_kernel(const Entry* table, Entry single, const acc_t<T>* t, acc_t<T>* part,
@@ -126,14 +140,8 @@ __global__ void __launch_bounds__(kThreads)
   // |t| = 2^E·sqrt(Σ (t_i·2^-E)^2), 2^E the binade of the largest |t_i|.
   A tmax = A(0);
   for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) tmax = max(tmax, kx::abs(tw[i]));
-  const int E = sn::scale_exponent(block_max(tmax));
-  const A down = sn::ldexp_(A(1), -E);
-  A ss = A(0);
-  for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) {
-    const A x = tw[i] * down;
-    ss += x * x;
-  }
-  ss = block_sum(ss);
+  int E;
+  const A ss = block_scaled_squares(tw, e.rows, tmax, &E);
   if (threadIdx.x == 0) d1_sh = sn::divisor(sn::ldexp_(dsqrt(ss), E), eps);
   // Slice k's partial is 2^-e_k·Σ t_i W_i (colsum_kernel): 2^(e_k - E) brings it to the scale 2^-E.
   for (int64_t k = warp; k < e.slices; k += kWarps) {
@@ -155,14 +163,8 @@ __global__ void __launch_bounds__(kThreads)
     y[j] = s;
     wmax = max(wmax, kx::abs(s));
   }
-  const int Ew = sn::scale_exponent(block_max(wmax));
-  const A down_w = sn::ldexp_(A(1), -Ew);
-  A sw = A(0);
-  for (int64_t j = threadIdx.x; j < e.cols; j += kThreads) {
-    const A x = y[j] * down_w;
-    sw += x * x;
-  }
-  sw = block_sum(sw);
+  int Ew;
+  const A sw = block_scaled_squares(y, e.cols, wmax, &Ew);
   if (threadIdx.x == 0) wn_sh = sn::ldexp_(dsqrt(sw), Ew);
   __syncthreads();
   const A wn = wn_sh, d2 = sn::divisor(wn, eps);

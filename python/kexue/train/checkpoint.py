@@ -35,6 +35,11 @@ FILE_MODE = 0o644
 STALE_AFTER_SECONDS = 60
 
 
+def _cannot_write(path: Path, e: OSError) -> OSError:
+    """``e`` (same errno, so the same OSError subclass) with a message naming ``path``."""
+    return OSError(e.errno, f"cannot write {path}: {e.strerror or e}")
+
+
 def _atomic_write(path: Path, write) -> None:
     """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``; an
     OSError names ``path``."""
@@ -43,7 +48,7 @@ def _atomic_write(path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX + path.name + ".", suffix=TMP_SUFFIX)
     except OSError as e:
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+        raise _cannot_write(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -57,7 +62,7 @@ def _atomic_write(path: Path, write) -> None:
         except FileNotFoundError:
             pass
         if isinstance(e, OSError) and e.errno is not None:
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+            raise _cannot_write(path, e) from e
         raise
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kexue.data import Dataset
-from kexue.train.seeds import derive_seed
+from kexue.train.seeds import derive_seed, fork_devices
 
 # Number of samples drawn for a figure (image grid or 2-D scatter) and lines for samples.txt.
 N_IMAGE_SAMPLES = 64
@@ -45,10 +45,6 @@ def warn(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def _fork_devices(device: torch.device):
-    return [device] if device.type == "cuda" else []
-
-
 def make_figures(model: nn.Module, train_data: Dataset, out_dir: Path, step: int, *, seed: int,
                  device: torch.device, test_data: Optional[Dataset] = None,
                  outputs: Optional[Callable[..., Any]] = None, text: Optional[Callable[..., Any]] = None) -> list:
@@ -68,7 +64,7 @@ def make_figures(model: nn.Module, train_data: Dataset, out_dir: Path, step: int
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=_fork_devices(device)), torch.no_grad():
+        with torch.random.fork_rng(devices=fork_devices(device)), torch.no_grad():
             torch.manual_seed(derive_seed("figures", seed))
             gen = torch.Generator(device=device).manual_seed(derive_seed("samples", seed))
             test_data = test_data if test_data is not None else train_data

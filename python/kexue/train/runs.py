@@ -74,10 +74,6 @@ def load_run(run_dir: Union[str, os.PathLike], device: Union[str, torch.device] 
     return Run(model, config, train_ds, entry, int(ckpt.get("step", 0)), path)
 
 
-# What sample_run writes, by the suffix of ``out``.
-IMAGE_SUFFIXES = (".png",)
-
-
 def sample_run(run: Run, n: int, out: Union[str, os.PathLike], *, seed: int = 0) -> List[Path]:
     """Draw ``n`` samples of ``run`` and write them: always ``out`` with suffix ``.npy``, plus
     a picture when ``out`` ends in ``.png`` (a grid for images, a scatter over the data for 2-D

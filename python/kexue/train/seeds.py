@@ -1,4 +1,5 @@
-"""Seeds derived from names and numbers, stable across runs, machines and Python versions."""
+"""Seeds derived from names and numbers, stable across runs, machines and Python versions, and
+the devices a forked RNG covers."""
 from __future__ import annotations
 
 import hashlib
@@ -12,4 +13,9 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-__all__ = ["derive_seed"]
+def fork_devices(device) -> list:
+    """The devices whose RNG ``torch.random.fork_rng`` must save for work on ``device``."""
+    return [device] if device.type == "cuda" else []
+
+
+__all__ = ["derive_seed", "fork_devices"]

@@ -47,7 +47,7 @@ from kexue.data import Dataset, get_dataset, resolve_data_name
 from kexue.train import registry
 from kexue.train.optim import adam
 from kexue.train.outputs import make_figures, warn as _warn
-from kexue.train.seeds import derive_seed
+from kexue.train.seeds import derive_seed, fork_devices
 from kexue.train.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -143,10 +143,6 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _fork_devices(device: torch.device):
-    return [device] if device.type == "cuda" else []
 
 
 def _default_device(world_size: int) -> torch.device:
@@ -260,7 +256,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, batch_size: int, *, seed: int = 
     sums: Dict[str, float] = {}
     count = 0
     try:
-        with torch.random.fork_rng(devices=_fork_devices(device)):
+        with torch.random.fork_rng(devices=fork_devices(device)):
             torch.manual_seed(derive_seed("eval", seed, d.rank))
             part = x[d.rank::d.world]
             sizes = eval_batch_sizes(len(part), batch_size)
@@ -466,7 +462,7 @@ def _train(model, data, d: _Dist, out: Path, ckpt_path: Path, *, steps, batch_si
 
     # ---- model and optimizer ----------------------------------------------------------------
     if entry is not None:
-        with torch.random.fork_rng(devices=_fork_devices(d.device)):
+        with torch.random.fork_rng(devices=fork_devices(d.device)):
             torch.manual_seed(derive_seed("init", seed))  # same initial weights on every rank
             core = entry.build(train_ds, **model_kwargs)
         if not isinstance(core, nn.Module):
