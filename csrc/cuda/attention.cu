@@ -1,11 +1,12 @@
 // RoPE attention on the GPU. fp16/bf16 with head dim 32/64/96/128 on sm_80+ take the tensor-core
-// kernels of attention_tc.cu; everything else this fp32 SIMT path (every dtype accumulates in
-// fp32, fp64 in fp64).
+// kernels of attention_tc.cu; everything else this SIMT path (fp16/bf16/fp32 accumulate in fp32,
+// fp64 in fp64).
 // q and k are rotated once into accumulation-type workspace copies; then one warp owns one query
 // row (forward, dQ) or one key row (dK, dV): lanes take 32 keys (queries) at a time for the
 // scores, and split the head dimension for the accumulators. Online softmax as in flash-attention;
 // key blocks that the structured masks hide entirely are skipped. No L×L buffer.
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/attention_tc.h"
 #include "cuda/common.cuh"
@@ -107,7 +108,7 @@ __global__ void __launch_bounds__(kWarps * 32) forward_kernel(attn::Args a, cons
   for (int64_t bh = blockIdx.y; bh < a.B * a.H; bh += gridDim.y) forward_row<T, A>(a, qr, kr, i, bh);
 }
 
-// D_i = dO_i · O_i, one warp per row; dO is also copied to the accumulation type.
+// D_i = dO_i · O_i, one warp per row; dO is also copied to the accumulation type unless go is null.
 template <typename T, typename A>
 __global__ void __launch_bounds__(kWarps * 32) dot_do_o_kernel(attn::GradArgs g, A* go, A* Dv, int64_t rows) {
   const int lane = threadIdx.x & 31;
@@ -119,7 +120,7 @@ __global__ void __launch_bounds__(kWarps * 32) dot_do_o_kernel(attn::GradArgs g,
   A s = A(0);
   for (int64_t c = lane; c < d; c += 32) {
     const A gv = load<A>(gout + c);
-    go[row * d + c] = gv;
+    if (go) go[row * d + c] = gv;
     s += gv * load<A>(out + c);
   }
   s = warp_allsum(s);
@@ -244,23 +245,28 @@ unsigned elementwise_grid(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535LL * 32)));
 }
 
-// q and k rotated into workspace copies of type Out (queries at the last Lq key positions): the
-// accumulation type for the SIMT kernels, the input type for the tensor-core ones.
-template <typename T, typename Out, typename A> void rotate_qk(const attn::Args& a, Out* qr, Out* kr, cudaStream_t st) {
+// q and k rotated into accumulation-type workspace copies (queries at the last Lq key positions).
+template <typename T, typename A> void rotate_qk(const attn::Args& a, A* qr, A* kr, cudaStream_t st) {
   const int64_t qrows = a.B * a.H * a.Lq, krows = a.B * a.Hkv * a.Lk;
-  KX_LAUNCH(elementwise_grid(qrows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<T, Out, A>)(
+  KX_LAUNCH(elementwise_grid(qrows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<T, A, A>)(
       static_cast<const T*>(a.q), qr, qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, false);
-  KX_LAUNCH(elementwise_grid(krows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<T, Out, A>)(
+  KX_LAUNCH(elementwise_grid(krows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<T, A, A>)(
       static_cast<const T*>(a.k), kr, krows, a.Hkv, a.Lk, a.d, 0, a.rope, false);
 }
 
-// The tensor-core path accumulates in fp32; fp64 never takes it (tc::supported says no).
-int tc_backward(const attn::GradArgs& g, const void* qt, const void* kt, const float* Dv, float* dq, float* dk,
-                cudaStream_t st) {
-  return tc::backward(g, qt, kt, Dv, dq, dk, st);
-}
-int tc_backward(const attn::GradArgs&, const void*, const void*, const double*, double*, double*, cudaStream_t) {
-  return static_cast<int>(cudaErrorInvalidValue);
+// The tensor-core backward after its row dots; fp32 accumulation only (tc::supported refuses fp64).
+int tc_backward(const attn::GradArgs& g, cudaStream_t st) {
+  const attn::Args& a = g.fwd;
+  const int64_t qrows = a.B * a.H * a.Lq;
+  float* Dv = tc::backward_dots(a);
+  KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
+    if constexpr (std::is_same<acc_t<T>, float>::value) {
+      if (qrows)
+        KX_LAUNCH(static_cast<unsigned>((qrows + kWarps - 1) / kWarps), kWarps * 32, 0, st, dot_do_o_kernel<T, float>)(
+            g, nullptr, Dv, qrows);
+    }
+  });
+  return tc::backward(g, st);
 }
 
 size_t acc_bytes(DType dt) { return dt == DType::F64 ? 8 : 4; }
@@ -268,11 +274,13 @@ size_t acc_bytes(DType dt) { return dt == DType::F64 ? 8 : 4; }
 }  // namespace
 
 size_t rope_attention_workspace(const attn::Args& a) {
+  if (tc::supported(a)) return tc::forward_workspace(a);
   return acc_bytes(a.dtype) * static_cast<size_t>(a.B * a.H * a.Lq * a.d + a.B * a.Hkv * a.Lk * a.d);
 }
 
 size_t rope_attention_backward_workspace(const attn::GradArgs& g) {
   const attn::Args& a = g.fwd;
+  if (tc::supported(a)) return tc::backward_workspace(a);
   const size_t q = a.B * a.H * a.Lq * a.d, k = a.B * a.Hkv * a.Lk * a.d;
   // qr, kr, dO, D, dqr, dkr
   return acc_bytes(a.dtype) * static_cast<size_t>(2 * q + 2 * k + q + a.B * a.H * a.Lq);
@@ -282,22 +290,16 @@ int rope_attention_forward(const attn::Args& a, void* stream) {
   if (a.B * a.H * a.Lq == 0) return 0;
   if (a.d > 32 * kMaxPerLane) return static_cast<int>(cudaErrorInvalidValue);
   const auto st = static_cast<cudaStream_t>(stream);
-  int err = 0;  // the tensor-core launcher reads (and so clears) the error state itself
+  if (tc::supported(a)) return tc::forward(a, st);  // fp16/bf16 on tensor cores
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
     using A = acc_t<T>;
     A* qr = static_cast<A*>(a.workspace);
     A* kr = qr + a.B * a.H * a.Lq * a.d;
-    if (tc::supported(a)) {  // fp16/bf16 on tensor cores, q and k rotated into 16-bit copies
-      rotate_qk<T, T, A>(a, reinterpret_cast<T*>(qr), reinterpret_cast<T*>(kr), st);
-      err = tc::forward(a, qr, kr, st);
-      return;
-    }
-    rotate_qk<T, A, A>(a, qr, kr, st);
+    rotate_qk<T, A>(a, qr, kr, st);
     const dim3 grid(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), capped_grid_y(a.B * a.H));
     KX_LAUNCH(grid, kWarps * 32, 0, st, forward_kernel<T, A>)(a, qr, kr);
   });
-  const int tail = last_error();  // read even when err is set: nothing may leak into the next op
-  return err ? err : tail;
+  return last_error();
 }
 
 int rope_attention_backward(const attn::GradArgs& g, void* stream) {
@@ -305,7 +307,7 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
   if (a.B * a.H * a.Lq == 0 && a.B * a.Hkv * a.Lk == 0) return 0;
   if (a.d > 32 * kMaxPerLane) return static_cast<int>(cudaErrorInvalidValue);
   const auto st = static_cast<cudaStream_t>(stream);
-  int err = 0;
+  if (tc::supported(a)) return tc_backward(g, st);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
     using A = acc_t<T>;
     const int64_t q = a.B * a.H * a.Lq * a.d, k = a.B * a.Hkv * a.Lk * a.d;
@@ -316,33 +318,23 @@ int rope_attention_backward(const attn::GradArgs& g, void* stream) {
     A* dqr = go + q;
     A* dkr = dqr + q;
     A* Dv = dkr + k;
-    const bool tensor_cores = tc::supported(a);
-    if (tensor_cores) {
-      rotate_qk<T, T, A>(a, reinterpret_cast<T*>(qr), reinterpret_cast<T*>(kr), st);
-    } else {
-      rotate_qk<T, A, A>(a, qr, kr, st);
-    }
+    rotate_qk<T, A>(a, qr, kr, st);
     const unsigned row_blocks = static_cast<unsigned>((qrows + kWarps - 1) / kWarps);
     if (qrows) KX_LAUNCH(row_blocks, kWarps * 32, 0, st, dot_do_o_kernel<T, A>)(g, go, Dv, qrows);
-    if (tensor_cores) {
-      err = tc_backward(g, qr, kr, Dv, dqr, dkr, st);
-    } else {
-      if (qrows) {
-        const dim3 gq(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), capped_grid_y(a.B * a.H));
-        KX_LAUNCH(gq, kWarps * 32, 0, st, dq_kernel<T, A>)(a, qr, kr, go, Dv, dqr);
-      }
-      if (krows) {
-        const dim3 gk(static_cast<unsigned>((a.Lk + kWarps - 1) / kWarps), capped_grid_y(a.B * a.Hkv));
-        KX_LAUNCH(gk, kWarps * 32, 0, st, dkv_kernel<T, A>)(g, qr, kr, go, Dv, dkr);
-      }
+    if (qrows) {
+      const dim3 gq(static_cast<unsigned>((a.Lq + kWarps - 1) / kWarps), capped_grid_y(a.B * a.H));
+      KX_LAUNCH(gq, kWarps * 32, 0, st, dq_kernel<T, A>)(a, qr, kr, go, Dv, dqr);
+    }
+    if (krows) {
+      const dim3 gk(static_cast<unsigned>((a.Lk + kWarps - 1) / kWarps), capped_grid_y(a.B * a.Hkv));
+      KX_LAUNCH(gk, kWarps * 32, 0, st, dkv_kernel<T, A>)(g, qr, kr, go, Dv, dkr);
     }
     KX_LAUNCH(elementwise_grid(qrows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<A, T, A>)(
         dqr, static_cast<T*>(g.grad_q), qrows, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, true);
     KX_LAUNCH(elementwise_grid(krows * ((a.d + 1) / 2)), kThreads, 0, st, rope_out_kernel<A, T, A>)(
         dkr, static_cast<T*>(g.grad_k), krows, a.Hkv, a.Lk, a.d, 0, a.rope, true);
   });
-  const int tail = last_error();  // read even when err is set: nothing may leak into the next op
-  return err ? err : tail;
+  return last_error();
 }
 
 int apply_rope(const attn::RopeArgs& r, void* stream) {

@@ -178,5 +178,23 @@ KX_HOST_DEVICE bool block_hidden(const Mask& m, int64_t b, int64_t i0, int64_t i
   return false;
 }
 
+// True only when every key in [j0, j1) is visible to every query in [i0, i1) by the structured
+// masks and there is no dense mask: the tensor-core kernels then skip the per-element test. The
+// caller keeps the block inside [0, Lq) × [0, Lk).
+KX_HOST_DEVICE bool block_visible(const Mask& m, int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  if (m.dense) return false;
+  const int64_t q_first = i0 + m.offset, q_last = i1 - 1 + m.offset, j_last = j1 - 1;
+  if (m.causal && j_last > q_first) return false;
+  if (m.key_len && j1 > m.key_len[b]) return false;
+  if (m.rule == Rule::None) return true;
+  const int64_t S = m.src_len[b];
+  const bool cls_only = S >= 1 && j1 <= 1;  // key 0, which UniAE's target queries see
+  if (q_first >= S)  // target queries only
+    return m.rule == Rule::UniLM ? j_last <= q_first : cls_only || (j0 >= S && j_last <= q_first);
+  if (q_last < S) return j1 <= S;  // source queries only: they see the source
+  // Both: UniLM's target queries see the whole source too, UniAE's only key 0.
+  return m.rule == Rule::UniLM ? j1 <= S : cls_only;
+}
+
 }  // namespace attn
 }  // namespace kx

@@ -17,6 +17,13 @@ namespace {
 
 using OptT = std::optional<at::Tensor>;
 
+// Contiguous and 16-byte aligned: the tensor-core kernels copy rows by 16 bytes, so a contiguous
+// view at an odd storage offset is copied once.
+at::Tensor contiguous_aligned(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
+}
+
 // Inputs made contiguous and typed for the kernels, kept alive for the launch.
 struct Prepared {
   at::Tensor q, k, v, inv_freq, positions, src_len, key_len, dense;
@@ -88,9 +95,9 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
               ": with RoPE or segment ids, q may not be longer than k, got ", a.Lq, " > ", a.Lk);
   TORCH_CHECK(std::isfinite(scale) && scale > 0, op, ": scale must be positive and finite, got ", scale);
   a.scale = scale;
-  p.q = q.contiguous();
-  p.k = k.contiguous();
-  p.v = v.contiguous();
+  p.q = contiguous_aligned(q);
+  p.k = contiguous_aligned(k);
+  p.v = contiguous_aligned(v);
   a.q = p.q.data_ptr();
   a.k = p.k.data_ptr();
   a.v = p.v.data_ptr();
@@ -181,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_attention_backward(
                   lse.scalar_type() == acc_dtype(q.scalar_type()),
               op, ": lse must be the forward's [B, H, Lq] log-sum-exp");
   TORCH_CHECK(lse.device() == q.device(), op, ": lse must be on ", q.device(), " like q, got ", lse.device());
-  const at::Tensor g = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
+  const at::Tensor g = contiguous_aligned(grad_out), o = out.contiguous(), l = lse.contiguous();
   at::Tensor gq = empty_output(p.q), gk = empty_output(p.k), gv = empty_output(p.v);
   attn::GradArgs ga{};
   ga.fwd = p.a;
