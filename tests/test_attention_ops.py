@@ -168,15 +168,8 @@ def test_kernel_bad_inputs():
         A.rope_attention(q, k, v, attn_mask=torch.ones(1, 1, 5, 5))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("d", [32, 64, 96, 128, 80])  # 80: no tensor-core build, the SIMT path
-@pytest.mark.parametrize("mask", ["causal", "unilm", "uniae+padding+causal", "dense"])
-def test_tensor_core_path(gpu, dtype, d, mask):
-    # Tiles of 64 cut by the end (L = 300 on a GPU, 130 on the emulator, which is slower); B·H = 6
-    # with GQA; forward and all three gradients against float64 by the flash-attention rule.
-    B, H, Hkv, L = 3, 2, 1, (300 if gpu == "cuda" else 130)
-    q, k, v = qkv(B, H, Hkv, L, L, d, gpu)
-    kw = dict(masks(B, L, gpu)[mask], rope=RoPE(d))
+def low_precision_case(q, k, v, dtype, kw, atol=1e-2):
+    """Forward and the three gradients in `dtype` against float64, by the flash-attention rule."""
     hi_args = [t.clone().requires_grad_() for t in (q, k, v)]
     low_ref_args = [t.to(dtype).requires_grad_() for t in (q, k, v)]
     low_args = [t.to(dtype).requires_grad_() for t in (q, k, v)]
@@ -189,8 +182,99 @@ def test_tensor_core_path(gpu, dtype, d, mask):
     grads = (torch.autograd.grad(hi, hi_args, g), torch.autograd.grad(ref_low, low_ref_args, g.to(dtype)),
              torch.autograd.grad(ours, low_args, g.to(dtype)))
     for name, h_, r_, o_ in zip("qkv", *grads):
-        ok, info = low_precision_ok(o_, r_, h_, atol=1e-2)
+        ok, info = low_precision_ok(o_, r_, h_, atol=atol)
         assert ok, (f"d{name}", info)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [32, 64, 96, 128, 80])  # 80: no tensor-core build, the SIMT path
+@pytest.mark.parametrize("mask", ["causal", "unilm", "uniae+padding+causal", "dense"])
+def test_tensor_core_path(gpu, dtype, d, mask):
+    # Tiles of 64 cut by the end (L = 300 on a GPU, 130 on the emulator, which is slower); B·H = 6
+    # with GQA; forward and all three gradients against float64 by the flash-attention rule.
+    B, H, Hkv, L = 3, 2, 1, (300 if gpu == "cuda" else 130)
+    q, k, v = qkv(B, H, Hkv, L, L, d, gpu)
+    low_precision_case(q, k, v, dtype, dict(masks(B, L, gpu)[mask], rope=RoPE(d)))
+
+
+@pytest.mark.parametrize("d", [32, 64, 96, 128])
+@pytest.mark.parametrize("heads", [(2, 2), (4, 1)])
+def test_tensor_core_gqa_offsets_and_layouts(gpu, d, heads):
+    # GQA ratios 1 and 4; queries at the last 70 of 133 key positions (tails in both, the offset
+    # in the causal and segment rules); the interleaved layout with per-sample positions and a
+    # YaRN temperature (the rotation's scale, applied and inverted in the kernels).
+    H, Hkv = heads
+    B, Lq, Lk = 2, 70, 133
+    q, k, v = qkv(B, H, Hkv, Lq, Lk, d, gpu, seed=d)
+    seg = torch.zeros(B, Lk, dtype=torch.long, device=gpu)
+    seg[0, 90:] = 1
+    seg[1, 20:] = 1
+    pos = torch.randint(0, 4000, (B, Lk), generator=torch.Generator().manual_seed(d)).to(gpu)
+    rope = RoPE(d, layout="interleaved", scaling={"type": "yarn", "factor": 4.0,
+                                                   "original_max_position_embeddings": 64})
+    for dtype, kw in ((torch.bfloat16, dict(causal=True, key_lengths=torch.tensor([130, 101], device=gpu))),
+                      (torch.float16, dict(segment_ids=seg, mask_rule="unilm")),
+                      (torch.bfloat16, dict(segment_ids=seg, mask_rule="uniae"))):
+        low_precision_case(q, k, v, dtype, dict(kw, rope=rope, positions=pos))
+
+
+@pytest.mark.parametrize("mask", ["none", "padding"])
+def test_tensor_core_no_rope_and_full_tiles(gpu, mask):
+    # Without RoPE the kernels rotate nothing; L = 128 cuts no tile, so "none" runs only tiles
+    # that skip the per-element test.
+    B, L, d = 2, 128, 64
+    q, k, v = qkv(B, 2, 1, L, L, d, gpu, seed=3)
+    low_precision_case(q, k, v, torch.bfloat16, masks(B, L, gpu)[mask])
+
+
+@pytest.mark.simt
+@pytest.mark.skipif(not kexue.build_info()["simt"], reason="this build has no SIMT emulator")
+def test_tensor_core_results_do_not_depend_on_the_schedule():
+    # Racecheck by schedule: the threads of a block (and the blocks) run in order, reversed and in
+    # two shuffles; the outputs and all gradients must agree bit for bit (this is also the
+    # deterministic backward: no atomics, fixed reduction order).
+    q, k, v = qkv(2, 4, 2, 100, 100, 64, "cpu", torch.bfloat16, seed=7)
+    seg = torch.zeros(2, 100, dtype=torch.long)
+    seg[:, 30:] = 1
+    kw = dict(rope=RoPE(64), segment_ids=seg, mask_rule="unilm", key_lengths=torch.tensor([100, 77]))
+    g = torch.randn(2, 4, 100, 64, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
+    results = []
+    kexue._C.set_cpu_backend("simt")
+    try:
+        for schedule, seed in (("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2)):
+            kexue._C.simt_configure(schedule, seed)
+            args = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = A.rope_attention(*args, **kw)
+            results.append((out, *torch.autograd.grad(out, args, g)))
+    finally:
+        kexue._C.simt_configure("forward", 0)
+        kexue._C.set_cpu_backend("cpu")
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_tensor_core_inputs_at_odd_offsets(gpu):
+    # The kernels copy rows by 16 bytes: views starting 2 bytes into their storage give the same
+    # result (bit for bit) as their aligned copies.
+    q, k, v = qkv(1, 2, 2, 40, 40, 64, gpu, torch.bfloat16)
+    go = torch.randn_like(q)
+
+    def odd(t):
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        view = flat[1:].view(t.shape)
+        view.copy_(t)
+        assert view.data_ptr() % 16 != 0
+        return view.requires_grad_()
+
+    results = []
+    for make in (lambda t: t.clone().requires_grad_(), odd):
+        args = [make(t) for t in (q, k, v)]
+        out = A.rope_attention(*args, rope=RoPE(64), causal=True)
+        g = go if make is not odd else odd(go).detach()
+        results.append((out, *torch.autograd.grad(out, args, g)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_tensor_core_path_empty_rows_and_decode(gpu):
