@@ -277,6 +277,19 @@ def test_tensor_core_inputs_at_odd_offsets(gpu):
         assert torch.equal(a, b)
 
 
+def test_tensor_core_nan_query_gives_a_nan_row(gpu):
+    # One NaN in one row of a warp's 16: only that row's lanes see it while the others reduce
+    # their rows' maxima; its output row and dQ row are NaN, every other row is finite.
+    q, k, v = qkv(1, 2, 1, 70, 70, 64, gpu, torch.bfloat16)
+    q[0, 1, 3, 0] = float("nan")
+    args = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = A.rope_attention(*args, rope=RoPE(64), causal=True)
+    rows = [i for i in range(70) if i != 3]
+    assert out[0, 1, 3].isnan().all() and torch.isfinite(out[0, 0]).all() and torch.isfinite(out[0, 1, rows]).all()
+    dq = torch.autograd.grad(out.float().sum(), args[0])[0]
+    assert dq[0, 1, 3].isnan().all() and torch.isfinite(dq[0, 1, rows]).all() and torch.isfinite(dq[0, 0]).all()
+
+
 def test_tensor_core_path_empty_rows_and_decode(gpu):
     q, k, v = qkv(2, 4, 2, 70, 70, 64, gpu, torch.bfloat16)
     mask = torch.ones(2, 1, 70, 70, dtype=torch.bool, device=gpu)

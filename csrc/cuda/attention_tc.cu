@@ -224,8 +224,8 @@ __device__ __forceinline__ bool quad_any(bool v) {
 // How a warp meets a tile of the mask.
 enum class Cover { Hidden, Full, Partial };
 
-// Rows [r0, r1) (queries, or keys when keys_are_rows) against columns [c0, c0 + cols) of a tile,
-// the matrix being [Lq, Lk] (or its transpose); the block and tile past the ends are partial.
+// Queries [i0, i1) against keys [j0, j1), whichever of them are a warp's rows; `inside`: the
+// tile lies within [0, Lq) × [0, Lk) (a tile cut by an end is never Full).
 __device__ __forceinline__ Cover cover(const attn::Mask& m, int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                                        bool inside) {
   if (i0 >= i1 || j0 >= j1 || attn::block_hidden(m, b, i0, i1, j0, j1)) return Cover::Hidden;
@@ -337,7 +337,8 @@ __device__ void forward_tile(const attn::Args& a, const float2* table, int64_t b
       float alpha[2];
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
-        mx[hr] = quad_any(nan[hr]) ? NAN : quad_max(mx[hr]);
+        const float quad = quad_max(mx[hr]);  // every lane shuffles, whatever its row holds
+        mx[hr] = quad_any(nan[hr]) ? NAN : quad;
         alpha[hr] = mx[hr] == -inf ? 1.0f : exp2f(m[hr] - mx[hr]);  // -inf: nothing visible yet
         m[hr] = mx[hr];
         l[hr] *= alpha[hr];
@@ -711,6 +712,7 @@ int forward(const attn::Args& a, cudaStream_t st) {
 
 int backward(const attn::GradArgs& g, cudaStream_t st) {
   const attn::Args& a = g.fwd;
+  if (!aligned16(g.grad_out)) return static_cast<int>(cudaErrorMisalignedAddress);  // the glue aligns it
   const float2* table = make_table(a, st);
   const float* Dv = backward_dots(a);
   return with_head_dim(a.d, [&](auto Dc) {
