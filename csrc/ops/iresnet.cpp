@@ -235,29 +235,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> iresnet_mlp_logdet_ba
     return {empty(gx), empty(gW1), empty(gb1), empty(gW2)};
   }
 
-  std::vector<at::Tensor> ws, as, rs, bs;  // w_l, A_l, r_j, B_j for l, j < n
-  at::Tensor w = m.v, r = m.v;
+  // w_l, A_l, r_j, B_j for l, j < n, written in place into stacked buffers; the per-sample grad
+  // is folded into the [B, H] factors (it scales whole rows), and every [n, B, H] product is
+  // formed once and scaled in place: at these sizes the step is bound by memory traffic and
+  // fresh allocations as much as by the matrix products.
+  const auto opts = m.x.options();
+  at::Tensor W = at::empty({n, B, D}, opts), A = at::empty({n, B, H}, opts);
+  at::Tensor R = at::empty({n, B, D}, opts), Bt = at::empty({n, B, H}, opts), tmp = at::empty({B, H}, opts);
+  W[0].copy_(m.v);
+  R[0].copy_(m.v);
+  const at::Tensor W1t = m.W1.t(), W2t = m.W2.t();
   for (int64_t k = 0; k < n; ++k) {
-    ws.push_back(w);
-    as.push_back(at::mm(w, m.W1.t()));
-    rs.push_back(r);
-    bs.push_back(at::mm(r, m.W2));
+    at::Tensor a = A[k], bk = Bt[k];
+    at::mm_out(a, W[k], W1t);
+    at::mm_out(bk, R[k], m.W2);
     if (k + 1 < n) {
-      w = at::mm(as.back() * m.d1, m.W2.t());
-      r = at::mm(bs.back() * m.d1, m.W1);
+      at::Tensor wn = W[k + 1], rn = R[k + 1];
+      at::mm_out(wn, at::mul_out(tmp, a, m.d1), W2t);
+      at::mm_out(rn, at::mul_out(tmp, bk, m.d1), m.W1);
     }
   }
-  const at::Tensor W = at::stack(ws), A = at::stack(as), R = at::stack(rs), Bt = at::stack(bs);
   const at::Tensor S = at::mm(C, A.view({n, B * H})).view({n, B, H});       // S_j = sum_l C[j,l] A_l
   const at::Tensor T = at::mm(C.t(), Bt.view({n, B * H})).view({n, B, H});  // T_l = sum_j C[j,l] B_j
 
+  const at::Tensor gcol = g.view({B, 1});
+  at::Tensor gh = at::zeros({B, H}, opts);
+  for (int64_t j = 0; j < n; ++j) gh.addcmul_(Bt[j], S[j]);
+  gh.mul_(m.d2).mul_(gcol);
+  const at::Tensor gd1 = m.d1 * gcol;
   at::Tensor gx, gW1, gb1, gW2;
-  const at::Tensor gh = (Bt * S).sum(0).mul_(m.d2).mul_(g.view({B, 1}));
-  if (output_mask[3])
-    gW2 = at::mm((R * g).view({n * B, D}).t(), (S * m.d1).view({n * B, H})).to(W2.scalar_type());
+  if (output_mask[3]) gW2 = at::mm(R.view({n * B, D}).t(), S.mul_(gd1).view({n * B, H})).to(W2.scalar_type());
   if (output_mask[1])
-    gW1 = at::addmm(at::mm(gh.t(), m.x), (T * m.d1).view({n * B, H}).t(), (W * g).view({n * B, D}))
-              .to(W1.scalar_type());
+    gW1 = at::addmm(at::mm(gh.t(), m.x), T.mul_(gd1).view({n * B, H}).t(), W.view({n * B, D})).to(W1.scalar_type());
   if (output_mask[2]) gb1 = gh.sum(0).to(b1.scalar_type());
   if (output_mask[0]) gx = at::mm(gh, m.W1).to(x.scalar_type());
   return {empty(gx), empty(gW1), empty(gb1), empty(gW2)};

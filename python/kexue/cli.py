@@ -71,7 +71,9 @@ def cmd_bench(args) -> int:
     print(f"# kexue bench on {info.get('gpu', info['cpu'])} ({device}), torch {info['torch']}, "
           f"{info['threads']} threads, {info['date']}")
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
-    results = run_cases(cases, device, compile_reference=not args.no_compile, min_time=args.min_time,
+    modes = ["compiled"] if args.no_max_autotune else ["compiled", "compiled-max"]
+    results = run_cases(cases, device, compile_reference=not args.no_compile, compile_modes=modes,
+                        min_time=args.min_time,
                         rounds=args.rounds, log=log)
     print(format_table(results))
     if args.json:
@@ -245,7 +247,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
         p.add_argument("--json", default=None, help="also write the results as JSON to this path")
-        p.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) column")
+        p.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) columns")
+        p.add_argument("--no-max-autotune", action="store_true",
+                       help="skip the torch.compile(reference, mode=\"max-autotune-no-cudagraphs\") column")
         p.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per variant and round")
         p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
         debug(p)

@@ -1,8 +1,12 @@
 """One benchmark harness for every kexue op: ours vs the eager reference vs
-torch.compile(reference) (vs a peer library where one is installed), timed side by side in one
-run, reported as ratios; on GPU also the achieved bandwidth against the measured copy bandwidth."""
+torch.compile(reference) in its default mode and with max-autotune (vs a peer library where one is
+installed), timed side by side in one run, reported as ratios and as "× best", ours against the
+fastest of them; each time is the median of interleaved rounds with its spread beside it. On GPU
+also the achieved bandwidth against the measured copy bandwidth."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime
 import json
 import os
@@ -59,6 +63,32 @@ def _step(fn: Callable, case: Case, inputs: Sequence) -> Callable[[], object]:
     return run
 
 
+# The compiled variants of a reference: label -> torch.compile mode (None: the default).
+COMPILE_MODES = {"compiled": None, "compiled-max": "max-autotune-no-cudagraphs"}
+
+_allocator_pinned = False
+
+
+def pin_allocator() -> bool:
+    """Keep freed CPU memory mapped (glibc: trim and mmap thresholds raised, which also stops
+    their adaptive adjustment). Otherwise a variant whose step frees and re-allocates a few MB
+    pays page faults in some rounds and not others (0.99–2.7× for the same case across runs).
+    Returns whether the settings took effect; True on every later call."""
+    global _allocator_pinned
+    if _allocator_pinned:
+        return True
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):  # not glibc: nothing to pin
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    # 32 MiB is glibc's largest mmap threshold on 64-bit machines; 2 GiB the largest int.
+    _allocator_pinned = bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return _allocator_pinned
+
+
 def time_callable(run: Callable[[], object], device: str, min_time: float = 0.4) -> float:
     """Median seconds per call: CUDA events on GPU, torch.utils.benchmark on CPU."""
     if device.startswith("cuda"):
@@ -95,6 +125,7 @@ def machine_info(device: str) -> dict:
         "threads": torch.get_num_threads(),
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
+        "allocator_pinned": _allocator_pinned,
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -113,21 +144,25 @@ def _cpu_name() -> str:
 
 
 def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
-              min_time: float = 0.4, rounds: int = 3,
+              compile_modes: Sequence[str] = tuple(COMPILE_MODES), min_time: float = 0.4, rounds: int = 3,
               log: Optional[Callable[[str], None]] = None) -> List[dict]:
     """Time every case's variants and return one result row per case.
 
     The variants of a case are timed in interleaved rounds (ours, eager, compiled, ours, ...) and
     each reports the median over rounds, so a burst of load on a shared machine hits all of them
-    alike instead of skewing one ratio.
+    alike instead of skewing one ratio; ``{label}_spread`` is (max − min) / median over the rounds.
+    ``compile_modes``: which of COMPILE_MODES to run (when ``compile_reference``).
     """
+    if not device.startswith("cuda"):
+        pin_allocator()
     results = []
     bw = copy_bandwidth(device) if device.startswith("cuda") else None
     for case in cases:
         inputs = case.make(device)
         variants = {"ours": case.ours, "eager": case.reference}
         if compile_reference and case.compile_reference:
-            variants["compiled"] = torch.compile(case.reference)
+            for label in compile_modes:
+                variants[label] = torch.compile(case.reference, mode=COMPILE_MODES[label])
         variants.update(case.peers)
         steps, peak_mb = {}, {}
         for label, fn in variants.items():
@@ -151,13 +186,15 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
                "dtype": str(first.dtype).replace("torch.", "") if first is not None else "float32"}
         for label, ts in times.items():
             row[f"{label}_us"] = statistics.median(ts) * 1e6
+            row[f"{label}_spread"] = (max(ts) - min(ts)) / statistics.median(ts)
         for label, mb in peak_mb.items():
             row[f"{label}_peak_MB"] = mb
-        row["x_eager"] = row["eager_us"] / row["ours_us"]
-        if "compiled_us" in row:
-            row["x_compiled"] = row["compiled_us"] / row["ours_us"]
-        for label in case.peers:
-            row[f"x_{label}"] = row[f"{label}_us"] / row["ours_us"]
+        for label in times:
+            if label != "ours":
+                row[f"x_{label}"] = row[f"{label}_us"] / row["ours_us"]
+        best = min((label for label in times if label != "ours"), key=lambda label: row[f"{label}_us"])
+        row["best"] = best
+        row["x_best"] = row[f"x_{best}"]
         moved = case.bytes_moved(inputs)
         if bw and moved:
             row["GBps"] = moved / (row["ours_us"] * 1e-6) / 1e9
@@ -172,10 +209,12 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
 
 
 def format_table(results: List[dict]) -> str:
-    """A Markdown table of the results (ratios > 1 mean kexue is faster)."""
-    extra = sorted({k[:-3] for r in results for k in r if k.endswith("_us")} - {"ours", "eager", "compiled"})
-    cols = ["op", "case", "mode", "dtype", "ours µs", "eager µs", "compiled µs"] + [f"{p} µs" for p in extra]
-    cols += ["× eager", "× compiled"] + [f"× {p}" for p in extra]
+    """A Markdown table of the results (ratios > 1 mean kexue is faster; "× best" is ours against
+    the fastest alternative, named in "best"; ± is the spread over rounds, in %)."""
+    labels = list(dict.fromkeys(k[:-3] for r in results for k in r if k.endswith("_us")))
+    others = [label for label in labels if label != "ours"]
+    cols = ["op", "case", "mode", "dtype", "ours µs", "± %"] + [f"{p} µs" for p in others]
+    cols += [f"× {p}" for p in others] + ["best", "× best", "± best %"]
     has_bw = any("GBps" in r for r in results)
     if has_bw:
         cols += ["GB/s", "% copy BW"]
@@ -184,22 +223,26 @@ def format_table(results: List[dict]) -> str:
         cols += ["peak MB ours", "peak MB eager"]
     has_flops = any("ours_TFLOPs" in r for r in results)
     if has_flops:
-        cols += ["TFLOP/s ours"] + [f"TFLOP/s {p}" for p in extra]
+        cols += ["TFLOP/s ours"] + [f"TFLOP/s {p}" for p in others]
 
     def fmt(v):
         return "—" if v is None else (f"{v:.2f}" if isinstance(v, float) and v < 10 else f"{v:.0f}" if isinstance(v, float) else str(v))
 
+    def pct(v):
+        return None if v is None else f"{100 * v:.0f}"
+
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
-        vals = [r["op"], r["case"], r["mode"], r["dtype"], r.get("ours_us"), r.get("eager_us"), r.get("compiled_us")]
-        vals += [r.get(f"{p}_us") for p in extra]
-        vals += [r.get("x_eager"), r.get("x_compiled")] + [r.get(f"x_{p}") for p in extra]
+        vals = [r["op"], r["case"], r["mode"], r["dtype"], r.get("ours_us"), pct(r.get("ours_spread"))]
+        vals += [r.get(f"{p}_us") for p in others]
+        vals += [r.get(f"x_{p}") for p in others]
+        vals += [r.get("best"), r.get("x_best"), pct(r.get(f"{r.get('best')}_spread"))]
         if has_bw:
             vals += [r.get("GBps"), r.get("pct_copy_bw")]
         if has_mem:
             vals += [r.get("ours_peak_MB"), r.get("eager_peak_MB")]
         if has_flops:
-            vals += [r.get("ours_TFLOPs")] + [r.get(f"{p}_TFLOPs") for p in extra]
+            vals += [r.get("ours_TFLOPs")] + [r.get(f"{p}_TFLOPs") for p in others]
         lines.append("| " + " | ".join(fmt(v) for v in vals) + " |")
     return "\n".join(lines)
 
