@@ -46,6 +46,26 @@ def test_backward_matches_reference(device, squash, detach, dtype):
     torch.testing.assert_close(gu, gr, **tol)
 
 
+@pytest.mark.parametrize("dim", [16, 5])
+def test_every_cpu_isa_matches_reference(restore_cpu_isa, dim):
+    # dim 16: one AVX-512 vector (two AVX2 ones) per capsule; 5: scalar tails only.
+    import kexue
+
+    for isa in kexue._C.cpu_isas():
+        kexue._C.set_cpu_isa(isa)
+        for dtype, tol in ((torch.float64, 1e-11), (torch.float32, 1e-4)):
+            u = make_u((3, 20, 6, dim), dtype, requires_grad=True)
+            ur = u.detach().double().requires_grad_()
+            g = torch.randn(3, 6, dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+            for detach in (False, True):
+                v = dynamic_routing(u, 3, detach_routing=detach)
+                vr = reference_dynamic_routing(ur, 3, detach_routing=detach)
+                torch.testing.assert_close(v.double(), vr, rtol=tol, atol=tol, msg=lambda m: f"{isa} {dtype}: {m}")
+                (gu,) = torch.autograd.grad(v, u, g.to(dtype))
+                (gr,) = torch.autograd.grad(vr, ur, g)
+                torch.testing.assert_close(gu.double(), gr, rtol=tol, atol=tol, msg=lambda m: f"{isa} {dtype}: {m}")
+
+
 def test_detach_changes_gradient_not_value(device):
     u = make_u((2, 5, 3, 4), device=device, requires_grad=True)
     v1, v2 = dynamic_routing(u, 3), dynamic_routing(u, 3, detach_routing=True)
