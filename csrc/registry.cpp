@@ -40,11 +40,13 @@ TORCH_LIBRARY(kexue, m) {
 
   // Capsules: dynamic routing (Sabour et al. 2017) over u_hat [B, N_in, N_out, D]. Returns
   // (v [B, N_out, D], final couplings c [B, N_in, N_out]); squash is 'sabour' or 'post'. The
-  // backward returns dL/du_hat, recomputing the routing (detach_routing: logits held constant).
-  m.def("dynamic_routing(Tensor u_hat, int iterations, str squash, bool detach_routing) "
-        "-> (Tensor, Tensor)");
+  // backward returns dL/du_hat (detach_routing: logits held constant). save_state: the forward
+  // also returns its per-iteration state [B, state_size] (CPU, when no larger than u_hat; else
+  // an empty tensor), which the backward then reads instead of recomputing the routing.
+  m.def("dynamic_routing(Tensor u_hat, int iterations, str squash, bool detach_routing, "
+        "bool save_state=False) -> (Tensor, Tensor, Tensor)");
   m.def("dynamic_routing_backward(Tensor grad_v, Tensor u_hat, int iterations, str squash, "
-        "bool detach_routing) -> Tensor");
+        "bool detach_routing, Tensor? state=None) -> Tensor");
 
   // Capsules: EM routing (Hinton et al. 2018) over votes [B, N_in, N_out, H], a_in [B, N_in],
   // beta_u, beta_a [N_out]; lambda ramps linearly to final_lambda. Returns (mu [B, N_out, H],

@@ -124,11 +124,15 @@ def mlp_logdet_backward(B, dev, dt):
 
 
 def dynamic_routing(B, dev, dt):
-    return [_rand((B, 5, 3, 4), dev, dt, grad=True), 3, "sabour", False]
+    return [_rand((B, 5, 3, 4), dev, dt, grad=True), 3, "sabour", False, True]
 
 
 def dynamic_routing_backward(B, dev, dt):
-    return [_rand((B, 3, 4), dev, dt, seed=1), _rand((B, 5, 3, 4), dev, dt), 3, "sabour", False]
+    # The forward's saved state on the CPU (empty elsewhere: the backward recomputes); one
+    # iteration, so that the state is smaller than u_hat and kept.
+    u = _rand((B, 5, 3, 4), dev, dt)
+    state = torch.ops.kexue.dynamic_routing(u, 1, "sabour", False, True)[2]
+    return [_rand((B, 3, 4), dev, dt, seed=1), u, 1, "sabour", False, state]
 
 
 def em_routing(B, dev, dt):
@@ -282,6 +286,8 @@ CASES = [
     Case("dynamic_routing_backward", ops.dynamic_routing_backward.default, dynamic_routing_backward, bad={
         "grad_v of another shape": lambda a: _set(a, 0, a[0][:, :2]),
         "grad_v of another dtype": lambda a: _set(a, 0, a[0].double()),
+        "state of another shape": lambda a: _set(a, 5, torch.zeros(a[1].shape[0], 7, dtype=a[5].dtype,
+                                                                    device=a[5].device)),
     }),
     Case("em_routing", ops.em_routing.default, em_routing, FLOATS, bad={
         "half votes": lambda a: _set(a, 0, a[0].detach().half()),

@@ -66,6 +66,26 @@ def test_every_cpu_isa_matches_reference(restore_cpu_isa, dim):
                 torch.testing.assert_close(gu.double(), gr, rtol=tol, atol=tol, msg=lambda m: f"{isa} {dtype}: {m}")
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_saved_state_gives_the_recomputed_gradient(detach):
+    # The backward reads the forward's per-iteration state instead of recomputing the routing:
+    # the same numbers, bit for bit; 60 iterations of (2, 4, 3, 2) would be larger than u_hat
+    # itself, so that forward keeps none and the backward recomputes.
+    u = make_u((3, 12, 6, 8), torch.float32)
+    g = torch.randn(3, 6, 8, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for save in (True, False):
+        v, c, state = torch.ops.kexue.dynamic_routing(u, 3, "sabour", detach, save)
+        assert state.shape == ((3, 3 * 12 * 6 + 2 * 3 * 6 * 8) if save else (0,)) and state.dtype == torch.float32
+        grads.append(torch.ops.kexue.dynamic_routing_backward(g, u, 3, "sabour", detach, state if save else None))
+    assert torch.equal(grads[0], grads[1])
+    ur = make_u((3, 12, 6, 8), torch.float32, requires_grad=True)
+    (gr,) = torch.autograd.grad(dynamic_routing(ur, 3, detach_routing=detach), ur, g)
+    assert torch.equal(gr, grads[0])
+    small = make_u((2, 4, 3, 2))
+    assert torch.ops.kexue.dynamic_routing(small, 60, "sabour", False, True)[2].numel() == 0
+
+
 def test_detach_changes_gradient_not_value(device):
     u = make_u((2, 5, 3, 4), device=device, requires_grad=True)
     v1, v2 = dynamic_routing(u, 3), dynamic_routing(u, 3, detach_routing=True)

@@ -34,9 +34,11 @@ template <typename T> void forward_impl(const caps::Args& a) {
   const capsloops::Loops loops = loops_for<T>(a.dtype);
   at::parallel_for(0, a.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> scratch(caps::forward_scratch(a.n_in, a.n_out, a.dim));
+    const int64_t state = caps::state_size(a.iterations, a.n_in, a.n_out, a.dim);
     for (int64_t b = begin; b < end; ++b)
       loops.forward(a, static_cast<const T*>(a.u) + b * NN * a.dim, static_cast<T*>(a.v) + b * P,
-                    static_cast<T*>(a.c) + b * NN, scratch.data());
+                    static_cast<T*>(a.c) + b * NN, a.state ? static_cast<A*>(a.state) + b * state : nullptr,
+                    scratch.data());
   });
 }
 
@@ -46,9 +48,11 @@ template <typename T> void backward_impl(const caps::GradArgs& a) {
   const capsloops::Loops loops = loops_for<T>(a.dtype);
   at::parallel_for(0, a.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> scratch(caps::backward_scratch(a.iterations, a.n_in, a.n_out, a.dim));
+    const int64_t state = caps::state_size(a.iterations, a.n_in, a.n_out, a.dim);
     for (int64_t b = begin; b < end; ++b)
       loops.backward(a, static_cast<const T*>(a.u) + b * NN * a.dim, static_cast<const T*>(a.grad_v) + b * P,
-                     static_cast<T*>(a.grad_u) + b * NN * a.dim, scratch.data());
+                     static_cast<T*>(a.grad_u) + b * NN * a.dim,
+                     a.state ? static_cast<const A*>(a.state) + b * state : nullptr, scratch.data());
   });
 }
 

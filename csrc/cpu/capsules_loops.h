@@ -15,8 +15,11 @@ using caps::Squash;
 
 struct Loops {
   // One sample each; scratch: caps::forward_scratch / backward_scratch entries of acc_t<T>.
-  void (*forward)(const caps::Problem& p, const void* u, void* v, void* c, void* scratch);
-  void (*backward)(const caps::GradArgs& a, const void* u, const void* g, void* gu, void* scratch);
+  // state: caps::state_size entries of this sample, written by the forward (when not null) and
+  // read by the backward instead of recomputing the routing (when not null).
+  void (*forward)(const caps::Problem& p, const void* u, void* v, void* c, void* state, void* scratch);
+  void (*backward)(const caps::GradArgs& a, const void* u, const void* g, void* gu, const void* state,
+                   void* scratch);
 };
 
 // s[j, :] += w[j] u[j, :] for one input capsule (u, w its rows)
@@ -97,12 +100,17 @@ static void route(const T* u, int64_t R, Squash sq, int64_t n_in, int64_t n_out,
 // The forward of one sample: v [n_out, dim] and c [n_in, n_out] in T; scratch of
 // caps::forward_scratch accumulation-type entries.
 template <typename T>
-static void forward_sample(const caps::Problem& p, const void* up, void* vp, void* cp, void* scratch) {
+static void forward_sample(const caps::Problem& p, const void* up, void* vp, void* cp, void* statep, void* scratch) {
   using A = acc_t<T>;
-  const int64_t NN = p.n_in * p.n_out, P = p.n_out * p.dim;
+  const int64_t R = p.iterations, NN = p.n_in * p.n_out, P = p.n_out * p.dim;
   A *logits = static_cast<A*>(scratch), *c = logits + NN, *s = c + NN, *v = s + P;
-  route<T, A>(static_cast<const T*>(up), p.iterations, p.squash, p.n_in, p.n_out, p.dim, logits, c, s, v, nullptr,
-              nullptr, nullptr);
+  A* state = static_cast<A*>(statep);  // c^(r), s^(r), v^(r) of every iteration when given
+  route<T, A>(static_cast<const T*>(up), R, p.squash, p.n_in, p.n_out, p.dim, logits, c, s, v, state,
+              state ? state + R * NN : nullptr, state ? state + R * NN + R * P : nullptr);
+  if (state) {
+    c = state + (R - 1) * NN;
+    v = state + R * NN + R * P + (R - 1) * P;
+  }
   T* vo = static_cast<T*>(vp);
   T* co = static_cast<T*>(cp);
   for (int64_t t = 0; t < P; ++t) vo[t] = static_cast<T>(v[t]);
@@ -112,7 +120,8 @@ static void forward_sample(const caps::Problem& p, const void* up, void* vp, voi
 // The backward of one sample: gu [n_in, n_out, dim] in T from u and g = dL/dv; scratch of
 // caps::backward_scratch accumulation-type entries.
 template <typename T>
-static void backward_sample(const caps::GradArgs& a, const void* up, const void* gp, void* gup, void* scratch) {
+static void backward_sample(const caps::GradArgs& a, const void* up, const void* gp, void* gup, const void* statep,
+                            void* scratch) {
   using A = acc_t<T>;
   const int64_t R = a.iterations, NN = a.n_in * a.n_out, P = a.n_out * a.dim;
   const int64_t n_in = a.n_in, n_out = a.n_out, dim = a.dim;
@@ -122,7 +131,13 @@ static void backward_sample(const caps::GradArgs& a, const void* up, const void*
   const T* u = static_cast<const T*>(up);
   const T* g = static_cast<const T*>(gp);
   T* gu = static_cast<T*>(gup);
-  route<T, A>(u, R, a.squash, n_in, n_out, dim, logits, nullptr, nullptr, nullptr, C, S, V);
+  if (statep) {  // the forward's c^(r), s^(r), v^(r): read only
+    C = const_cast<A*>(static_cast<const A*>(statep));
+    S = C + R * NN;
+    V = S + R * P;
+  } else {
+    route<T, A>(u, R, a.squash, n_in, n_out, dim, logits, nullptr, nullptr, nullptr, C, S, V);
+  }
   for (int64_t t = 0; t < P; ++t) gv[t] = static_cast<A>(g[t]);
   const int64_t r_first = a.detach_routing ? R - 1 : 0;
   // gs^(R-1) from g; then for r = R-1 .. 1, one fused pass over u per iteration: per input

@@ -153,13 +153,22 @@ struct Problem {
 struct Args : Problem {
   void* v;  // [batch, n_out, dim]
   void* c;  // [batch, n_in, n_out], final couplings, same dtype as u
+  void* state = nullptr;  // [batch, state_size] acc type, filled when given (CPU only)
 };
 
 struct GradArgs : Problem {
   bool detach_routing;
   const void* grad_v;  // [batch, n_out, dim]
   void* grad_u;        // [batch, n_in, n_out, dim]
+  const void* state = nullptr;  // the forward's state: the routing is then not recomputed
 };
+
+// The per-iteration state the backward needs, per sample in units of the acc type: c^(r)
+// [R, n_in, n_out], then s^(r) and v^(r) [R, n_out, dim]. The forward saves it when asked and
+// it is no larger than u_hat itself; otherwise the backward recomputes the routing.
+KX_HOST_DEVICE int64_t state_size(int64_t R, int64_t n_in, int64_t n_out, int64_t dim) {
+  return R * n_in * n_out + 2 * R * n_out * dim;
+}
 
 // Scratch of one sample, in units of the acc type: forward and backward.
 KX_HOST_DEVICE int64_t forward_scratch(int64_t n_in, int64_t n_out, int64_t dim) {

@@ -46,10 +46,20 @@ caps::Problem problem_of(const at::Tensor& u, caps::Squash squash, int64_t itera
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> dynamic_routing_forward(const at::Tensor& u_hat,
-                                                           int64_t iterations,
-                                                           c10::string_view squash,
-                                                           bool detach_routing) {
+// Whether the forward keeps its per-iteration state for the backward: asked for, on the CPU (the
+// CUDA kernels recompute), and no larger than u_hat itself (python/kexue/ops/capsules.py's fake
+// kernel applies the same rule).
+bool keeps_state(const at::Tensor& u, int64_t iterations, bool save_state) {
+  if (!save_state || !u.device().is_cpu()) return false;
+  const int64_t per = caps::state_size(iterations, u.size(1), u.size(2), u.size(3));
+  return per * static_cast<int64_t>(c10::elementSize(acc_dtype(u.scalar_type()))) <=
+         u.size(1) * u.size(2) * u.size(3) * static_cast<int64_t>(u.element_size());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_routing_forward(const at::Tensor& u_hat,
+                                                                       int64_t iterations,
+                                                                       c10::string_view squash,
+                                                                       bool detach_routing, bool save_state) {
   (void)detach_routing;  // only changes the gradient
   const caps::Squash sq = parse_squash(squash, kOp);
   check_u_hat(u_hat, iterations, kOp);
@@ -57,32 +67,39 @@ std::tuple<at::Tensor, at::Tensor> dynamic_routing_forward(const at::Tensor& u_h
   const int64_t B = u.size(0), n_in = u.size(1), n_out = u.size(2), D = u.size(3);
   at::Tensor v = at::empty({B, n_out, D}, u.options());
   at::Tensor c = at::empty({B, n_in, n_out}, u.options());
+  const auto acc = u.options().dtype(acc_dtype(u.scalar_type()));
+  at::Tensor state = keeps_state(u, iterations, save_state)
+                         ? at::empty({B, caps::state_size(iterations, n_in, n_out, D)}, acc)
+                         : at::empty({0}, acc);
   if (u.numel() == 0) {  // no predictions: s = 0, so v = 0; c = softmax(0) is uniform
     v.zero_();
     if (n_out > 0) c.fill_(1.0 / static_cast<double>(n_out));
-    return {v, c};
+    return {v, c, state.zero_()};  // unread: the backward of an empty u_hat is empty or 0
   }
 
   caps::Args a{};
   static_cast<caps::Problem&>(a) = problem_of(u, sq, iterations, kOp);
   a.v = v.data_ptr();
   a.c = c.data_ptr();
+  a.state = state.numel() ? state.data_ptr() : nullptr;
 #ifdef KX_GPU_LAUNCHERS
   if (gpu_launchers(u)) {
     LaunchScope launch(u);
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::dynamic_routing_forward_workspace(a), u);
     check_cuda_launch(cuda::dynamic_routing_forward(a, launch.stream()), kOp);
-    return {v, c};
+    // The emulator serves CPU tensors with the CUDA kernels, which keep no state: the shape
+    // follows the device (as the fake kernel sees it), the contents are zeros and unread.
+    return {v, c, state.zero_()};
   }
 #endif
   cpu::dynamic_routing_forward(a);
-  return {v, c};
+  return {v, c, state};
 }
 
 at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& u_hat,
                                     int64_t iterations, c10::string_view squash,
-                                    bool detach_routing) {
+                                    bool detach_routing, const std::optional<at::Tensor>& state) {
   constexpr const char* op = "kexue.dynamic_routing_backward";
   const caps::Squash sq = parse_squash(squash, op);
   check_u_hat(u_hat, iterations, op);
@@ -91,8 +108,19 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
   TORCH_CHECK(grad_v.dim() == 3 && grad_v.size(0) == B && grad_v.size(1) == n_out &&
                   grad_v.size(2) == D,
               op, ": grad_v must have shape [", B, ", ", n_out, ", ", D, "], got ", grad_v.sizes());
+  if (state.has_value()) check_like(u_hat, "u_hat", *state, op, "state", /*same_dtype=*/false);
+  const bool given = state.has_value() && state->numel() > 0;  // empty: the forward kept none
+  if (given) {
+    TORCH_CHECK(u_hat.device().is_cpu(), op, ": state must be empty for u_hat on ", u_hat.device(),
+                " (the CUDA kernels recompute the routing)");
+    TORCH_CHECK(state->scalar_type() == acc_dtype(u_hat.scalar_type()) && state->dim() == 2 &&
+                    state->size(0) == B && state->size(1) == caps::state_size(iterations, n_in, n_out, D),
+                op, ": state must be the forward's [", B, ", ", caps::state_size(iterations, n_in, n_out, D),
+                "] ", acc_dtype(u_hat.scalar_type()), " tensor, got ", state->sizes(), " ", state->scalar_type());
+  }
   const at::Tensor u = u_hat.contiguous();
   const at::Tensor g = grad_v.contiguous();
+  const at::Tensor st = given ? state->contiguous() : at::Tensor();
   at::Tensor gu = empty_output(u);
   if (u.numel() == 0) return gu.zero_();
 
@@ -101,6 +129,7 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
   a.detach_routing = detach_routing;
   a.grad_v = g.data_ptr();
   a.grad_u = gu.data_ptr();
+  a.state = given ? st.data_ptr() : nullptr;  // the CUDA kernels (and the emulator) recompute
 #ifdef KX_GPU_LAUNCHERS
   if (gpu_launchers(u)) {
     LaunchScope launch(u);
@@ -114,46 +143,47 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
   return gu;
 }
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, c10::string_view,
-                                                      bool);
-using BackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view,
-                               bool);
+using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, c10::string_view,
+                                                                  bool, bool);
+using BackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view, bool,
+                               const std::optional<at::Tensor>&);
 
 class DynamicRoutingFunction : public torch::autograd::Function<DynamicRoutingFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& u_hat, int64_t iterations,
-                               const std::string& squash, bool detach_routing) {
+                               const std::string& squash, bool detach_routing, bool save_state) {
     at::AutoDispatchBelowADInplaceOrView below;
     static auto op = kexue_op<ForwardSig>("kexue::dynamic_routing");
-    auto [v, c] = op.call(u_hat, iterations, squash, detach_routing);
-    ctx->save_for_backward({u_hat});
+    auto [v, c, state] = op.call(u_hat, iterations, squash, detach_routing, save_state);
+    ctx->save_for_backward({u_hat, state});
     ctx->saved_data["iterations"] = iterations;
     ctx->saved_data["squash"] = squash;
     ctx->saved_data["detach_routing"] = detach_routing;
-    ctx->mark_non_differentiable({c});  // the couplings are an output for inspection only
-    return {v, c};
+    ctx->mark_non_differentiable({c, state});  // couplings for inspection; state for the backward
+    return {v, c, state};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& u_hat = saved[0];
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     static auto op = kexue_op<BackwardSig>("kexue::dynamic_routing_backward");
+    const std::optional<at::Tensor> state = saved[1].numel() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     at::Tensor gu = op.call(grads[0], u_hat, ctx->saved_data["iterations"].toInt(),
                             ctx->saved_data["squash"].toStringRef(),
-                            ctx->saved_data["detach_routing"].toBool());
-    return {gu, at::Tensor(), at::Tensor(), at::Tensor()};
+                            ctx->saved_data["detach_routing"].toBool(), state);
+    return {gu, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> dynamic_routing_autograd(const at::Tensor& u_hat,
-                                                            int64_t iterations,
-                                                            c10::string_view squash,
-                                                            bool detach_routing) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_routing_autograd(const at::Tensor& u_hat,
+                                                                        int64_t iterations,
+                                                                        c10::string_view squash,
+                                                                        bool detach_routing, bool save_state) {
   auto out = DynamicRoutingFunction::apply(u_hat, iterations,
                                            std::string(squash.data(), squash.size()),
-                                           detach_routing);
-  return {out[0], out[1]};
+                                           detach_routing, save_state);
+  return {out[0], out[1], out[2]};
 }
 
 }  // namespace

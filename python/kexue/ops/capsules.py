@@ -18,7 +18,7 @@ from typing import Tuple, Union
 import torch
 
 from kexue.ops import _checks as C
-from kexue.ops._common import check_int
+from kexue.ops._common import acc_dtype, check_int
 
 MAX_ITERATIONS = 1000  # csrc/kexue/capsules.h's kMaxIterations
 SQUASHES = {"sabour": 1.0, "post": 0.5}
@@ -59,7 +59,10 @@ def dynamic_routing(
     over N_out; not differentiable).
     """
     _check_args(u_hat, iterations, squash)
-    v, c = torch.ops.kexue.dynamic_routing(u_hat, int(iterations), squash, bool(detach_routing))
+    # The forward keeps its per-iteration state for the backward when one will run (CPU, within
+    # u_hat's own size; otherwise the backward recomputes the routing).
+    save_state = torch.is_grad_enabled() and u_hat.requires_grad
+    v, c, _ = torch.ops.kexue.dynamic_routing(u_hat, int(iterations), squash, bool(detach_routing), save_state)
     return (v, c) if return_couplings else v
 
 
@@ -75,21 +78,47 @@ def _check_u_hat(u_hat, iterations, squash, op):
             " (the backward keeps every iteration), got ", iterations)
 
 
+def _state_size(iterations, n_in, n_out, D):
+    """csrc/kexue/capsules.h's state_size: c^(r), s^(r), v^(r) of one sample."""
+    return iterations * n_in * n_out + 2 * iterations * n_out * D
+
+
+def _keeps_state(u_hat, iterations, save_state):
+    """csrc/ops/capsules.cpp's keeps_state(): asked for, on the CPU, no larger than u_hat."""
+    _, n_in, n_out, D = u_hat.shape
+    acc = acc_dtype(u_hat.dtype)
+    # meta tensors stand for CPU ones here (fake tensors carry their real device)
+    return (save_state and u_hat.device.type != "cuda" and _state_size(iterations, n_in, n_out, D) * acc.itemsize
+            <= n_in * n_out * D * u_hat.element_size())
+
+
 @torch.library.register_fake("kexue::dynamic_routing")
-def _dynamic_routing_fake(u_hat, iterations, squash, detach_routing):
+def _dynamic_routing_fake(u_hat, iterations, squash, detach_routing, save_state=False):
     _check_u_hat(u_hat, iterations, squash, "kexue.dynamic_routing")
     B, n_in, n_out, D = u_hat.shape
-    return u_hat.new_empty((B, n_out, D)), u_hat.new_empty((B, n_in, n_out))
+    acc = acc_dtype(u_hat.dtype)
+    state = (u_hat.new_empty((B, _state_size(iterations, n_in, n_out, D)), dtype=acc)
+             if _keeps_state(u_hat, iterations, save_state) else u_hat.new_empty((0,), dtype=acc))
+    return u_hat.new_empty((B, n_out, D)), u_hat.new_empty((B, n_in, n_out)), state
 
 
 @torch.library.register_fake("kexue::dynamic_routing_backward")
-def _dynamic_routing_backward_fake(grad_v, u_hat, iterations, squash, detach_routing):
+def _dynamic_routing_backward_fake(grad_v, u_hat, iterations, squash, detach_routing, state=None):
     op = "kexue.dynamic_routing_backward"
     _check_u_hat(u_hat, iterations, squash, op)
     C.like(u_hat, "u_hat", grad_v, op, "grad_v")
-    B, _, n_out, D = u_hat.shape
+    B, n_in, n_out, D = u_hat.shape
     C.check(grad_v.dim() == 3 and grad_v.shape[0] == B and grad_v.shape[1] == n_out and grad_v.shape[2] == D, op,
             "grad_v must have shape [", B, ", ", n_out, ", ", D, "], got ", C.sizes(grad_v))
+    if state is not None:
+        C.like(u_hat, "u_hat", state, op, "state", same_dtype=False)
+    if state is not None and state.numel() > 0:
+        size = _state_size(iterations, n_in, n_out, D)
+        C.check(u_hat.device.type != "cuda", op, "state must be empty for u_hat on ", u_hat.device,
+                " (the CUDA kernels recompute the routing)")
+        C.check(state.dtype == acc_dtype(u_hat.dtype) and state.dim() == 2 and state.shape[0] == B
+                and state.shape[1] == size, op, "state must be the forward's [", B, ", ", size, "] ",
+                C.dtype_name(acc_dtype(u_hat.dtype)), " tensor, got ", C.sizes(state), " ", C.dtype_name(state.dtype))
     return u_hat.new_empty(u_hat.shape)
 
 
