@@ -51,6 +51,28 @@ def test_backward_matches_reference(device, dtype, iterations):
         torch.testing.assert_close(x, y, **tol)
 
 
+def test_every_cpu_isa_matches_reference(restore_cpu_isa):
+    # H = 16: one AVX-512 vector per pose; H = 5: scalar tails only.
+    import kexue
+
+    for isa in kexue._C.cpu_isas():
+        kexue._C.set_cpu_isa(isa)
+        for H in (16, 5):
+            for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 2e-3)):
+                ins = make_inputs(2, 9, 5, H, dtype=dtype, requires_grad=True)
+                refs = [t.detach().double().requires_grad_() for t in ins]
+                g = torch.Generator().manual_seed(1)
+                gmu, ga = torch.randn(2, 5, H, generator=g, dtype=torch.float64), torch.randn(2, 5, generator=g,
+                                                                                                dtype=torch.float64)
+                out = em_routing(*ins, 3, final_lambda=0.5)
+                ref = reference_em_routing(*refs, 3, final_lambda=0.5)
+                for x, y in zip(out, ref):
+                    torch.testing.assert_close(x.double(), y, rtol=tol, atol=tol / 10, msg=lambda m: f"{isa}: {m}")
+                gs = torch.autograd.grad(out, ins, (gmu.to(dtype), ga.to(dtype)))
+                for x, y in zip(gs, torch.autograd.grad(ref, refs, (gmu, ga))):
+                    torch.testing.assert_close(x.double(), y, rtol=tol, atol=tol / 10, msg=lambda m: f"{isa}: {m}")
+
+
 @pytest.mark.parametrize("shape", [(2, 4, 3, 4), (1, 1, 3, 2), (2, 3, 1, 4)])
 @pytest.mark.parametrize("iterations", [1, 3])
 def test_gradcheck(device, shape, iterations):
