@@ -50,12 +50,14 @@ TORCH_LIBRARY(kexue, m) {
 
   // Capsules: EM routing (Hinton et al. 2018) over votes [B, N_in, N_out, H], a_in [B, N_in],
   // beta_u, beta_a [N_out]; lambda ramps linearly to final_lambda. Returns (mu [B, N_out, H],
-  // a_out [B, N_out]); the backward recomputes the EM iterations and returns the gradients of
-  // (votes, a_in, beta_u, beta_a).
+  // a_out [B, N_out], state); the backward returns the gradients of (votes, a_in, beta_u,
+  // beta_a). save_state: the forward also returns its per-iteration history [B, history size]
+  // (CPU, when no larger than the votes; else an empty tensor), which the backward then reads
+  // instead of recomputing the EM iterations.
   m.def("em_routing(Tensor votes, Tensor a_in, Tensor beta_u, Tensor beta_a, int iterations, "
-        "float final_lambda, float eps) -> (Tensor, Tensor)");
+        "float final_lambda, float eps, bool save_state=False) -> (Tensor, Tensor, Tensor)");
   m.def("em_routing_backward(Tensor grad_mu, Tensor grad_a, Tensor votes, Tensor a_in, "
-        "Tensor beta_u, Tensor beta_a, int iterations, float final_lambda, float eps) "
+        "Tensor beta_u, Tensor beta_a, int iterations, float final_lambda, float eps, Tensor? state=None) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
 
   // Diffusion (MODELS.md D1-D2). q_sample: √ᾱ·x0 + √(1−ᾱ)·noise, ᾱ per sample. The steps map

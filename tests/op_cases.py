@@ -138,12 +138,15 @@ def dynamic_routing_backward(B, dev, dt):
 def em_routing(B, dev, dt):
     a = torch.rand(B, 5, generator=_g(1), dtype=torch.float64).to(dev, dt).requires_grad_()
     return [_rand((B, 5, 3, 4), dev, dt, grad=True), a, _rand((3,), dev, dt, 0.1, True, 2),
-            _rand((3,), dev, dt, 0.1, True, 3), 3, 0.5, 1e-6]
+            _rand((3,), dev, dt, 0.1, True, 3), 3, 0.5, 1e-6, True]
 
 
 def em_routing_backward(B, dev, dt):
+    # The forward's kept history on the CPU (empty elsewhere: the backward recomputes); one
+    # iteration, so that the history is smaller than the votes and kept.
     V, a, bu, ba = (t.detach() for t in em_routing(B, dev, dt)[:4])
-    return [_rand((B, 3, 4), dev, dt, seed=5), _rand((B, 3), dev, dt, seed=6), V, a, bu, ba, 3, 0.5, 1e-6]
+    state = torch.ops.kexue.em_routing(V, a, bu, ba, 1, 0.5, 1e-6, True)[2]
+    return [_rand((B, 3, 4), dev, dt, seed=5), _rand((B, 3), dev, dt, seed=6), V, a, bu, ba, 1, 0.5, 1e-6, state]
 
 
 def _abar(B, dev):
@@ -301,6 +304,8 @@ CASES = [
     Case("em_routing_backward", ops.em_routing_backward.default, em_routing_backward, FLOATS, bad={
         "grad_mu of another shape": lambda a: _set(a, 0, a[0][:, :2]),
         "grad_a of another shape": lambda a: _set(a, 1, a[1][:1]),
+        "state of another shape": lambda a: _set(a, 9, torch.zeros(a[2].shape[0], 7, dtype=a[2].dtype,
+                                                                    device=a[2].device)),
     }),
     Case("q_sample", ops.q_sample.default, q_sample, bad={
         "0-d x0": lambda a: _set_many(a, a0=a[0].sum(), a1=a[1].sum()),

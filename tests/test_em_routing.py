@@ -51,6 +51,25 @@ def test_backward_matches_reference(device, dtype, iterations):
         torch.testing.assert_close(x, y, **tol)
 
 
+def test_kept_history_gives_the_recomputed_gradients():
+    # The backward reads the forward's history instead of recomputing the EM iterations: the
+    # same numbers, bit for bit; with many iterations the history outgrows the votes and is not kept.
+    V, a, bu, ba = make_inputs(3, 40, 5, 16, dtype=torch.float32)
+    g = torch.Generator().manual_seed(4)
+    gmu, ga = torch.randn(3, 5, 16, generator=g), torch.randn(3, 5, generator=g)
+    grads = []
+    for save in (True, False):
+        mu, ao, state = torch.ops.kexue.em_routing(V, a, bu, ba, 3, 0.5, 1e-6, save)
+        assert state.shape == ((3, 3 * (40 * 5 + 2 * 5 * 16 + 4 * 5)) if save else (0,))
+        grads.append(torch.ops.kexue.em_routing_backward(gmu, ga, V, a, bu, ba, 3, 0.5, 1e-6, state if save else None))
+    for x, y in zip(*grads):
+        assert torch.equal(x, y)
+    ins = [t.clone().requires_grad_() for t in (V, a, bu, ba)]
+    for x, y in zip(torch.autograd.grad(em_routing(*ins, 3, final_lambda=0.5), ins, (gmu, ga)), grads[0]):
+        assert torch.equal(x, y)
+    assert torch.ops.kexue.em_routing(V[:, :2], a[:, :2], bu, ba, 30, 0.5, 1e-6, True)[2].numel() == 0
+
+
 def test_every_cpu_isa_matches_reference(restore_cpu_isa):
     # H = 16: one AVX-512 vector per pose; H = 5: scalar tails only.
     import kexue

@@ -11,14 +11,16 @@ namespace emloops {
 
 struct Loops {
   // Sample b of the batch; scratch: em::history_scratch (forward) or em::backward_scratch
-  // (backward) entries of the accumulation type.
+  // (backward) entries of the accumulation type. With a.state the forward keeps its history
+  // there and the backward reads it instead of recomputing the iterations.
   void (*forward)(const em::Args& a, int64_t b, void* scratch);
   void (*backward)(const em::GradArgs& a, int64_t b, void* scratch);
 };
 
 template <typename A> static void forward_one(const em::Args& a, int64_t b, void* scratch) {
   const int64_t T = a.iterations, I = a.n_in, J = a.n_out, H = a.dim;
-  em::History<A> hs = em::make_history(static_cast<A*>(scratch), T, I, J, H);
+  A* base = a.state ? static_cast<A*>(a.state) + b * em::history_scratch(T, I, J, H) : static_cast<A*>(scratch);
+  em::History<A> hs = em::make_history(base, T, I, J, H);
   em::forward_sample<A>(static_cast<const A*>(a.votes) + b * I * J * H, static_cast<const A*>(a.a_in) + b * I,
                         static_cast<const A*>(a.beta_u), static_cast<const A*>(a.beta_a), T, A(a.final_lambda),
                         A(a.eps), I, J, H, hs);
@@ -35,7 +37,8 @@ template <typename A> static void backward_one(const em::GradArgs& a, int64_t b,
       static_cast<const A*>(a.beta_u), static_cast<const A*>(a.beta_a), T, A(a.final_lambda), A(a.eps), I, J, H,
       static_cast<const A*>(a.grad_mu) + b * J * H, static_cast<const A*>(a.grad_a) + b * J, static_cast<A*>(scratch),
       static_cast<A*>(a.grad_votes) + b * I * J * H, static_cast<A*>(a.grad_a_in) + b * I,
-      static_cast<A*>(a.grad_beta_u) + b * J, static_cast<A*>(a.grad_beta_a) + b * J);
+      static_cast<A*>(a.grad_beta_u) + b * J, static_cast<A*>(a.grad_beta_a) + b * J,
+      a.state ? static_cast<const A*>(a.state) + b * em::history_scratch(T, I, J, H) : nullptr);
 }
 
 template <typename A> static Loops make_loops() {

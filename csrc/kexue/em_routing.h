@@ -74,6 +74,7 @@ struct Problem {
 struct Args : Problem {
   void* mu;     // [batch, n_out, dim]
   void* a_out;  // [batch, n_out]
+  void* state = nullptr;  // [batch, history_scratch] when given (CPU): the history is kept there
 };
 
 struct GradArgs : Problem {
@@ -83,9 +84,11 @@ struct GradArgs : Problem {
   void* grad_a_in;      // [batch, n_in]
   void* grad_beta_u;    // [batch, n_out] per sample (the glue sums over the batch)
   void* grad_beta_a;    // [batch, n_out]
+  const void* state = nullptr;  // the forward's history: the EM iterations are then not recomputed
 };
 
-// Scratch of one sample in units of the acc type.
+// Scratch of one sample in units of the acc type. The history is also the state a forward keeps
+// for its backward (when asked for, on the CPU, and no larger than the votes).
 KX_HOST_DEVICE int64_t history_scratch(int64_t T, int64_t I, int64_t J, int64_t H) {
   return T * (I * J + 2 * J * H + 4 * J);  // R, mu, var, S, a, log a, Σ½log var
 }
@@ -196,12 +199,13 @@ template <typename A>
 KX_HOST_DEVICE void backward_sample(const A* V, const A* ain, const A* bu, const A* ba, int64_t T,
                                     A lam_final, A eps, int64_t I, int64_t J, int64_t H,
                                     const A* gmu_out, const A* ga_out, A* scratch, A* gV, A* gain,
-                                    A* gbu, A* gba) {
+                                    A* gbu, A* gba, const A* saved = nullptr) {
+  // saved: the forward's history of this sample, read only; otherwise it is recomputed here.
   const int64_t IJ = I * J, JH = J * H;
-  History<A> hs = make_history(scratch, T, I, J, H);
+  History<A> hs = make_history(saved ? const_cast<A*>(saved) : scratch, T, I, J, H);
   A* gR = scratch + history_scratch(T, I, J, H);
   A *gmu = gR + IJ, *gvar = gmu + JH, *ga = gvar + JH, *gla = ga + J;
-  forward_sample(V, ain, bu, ba, T, lam_final, eps, I, J, H, hs);
+  if (!saved) forward_sample(V, ain, bu, ba, T, lam_final, eps, I, J, H, hs);
   for (int64_t k = 0; k < IJ * H; ++k) gV[k] = A(0);
   for (int64_t i = 0; i < I; ++i) gain[i] = A(0);
   for (int64_t j = 0; j < J; ++j) gbu[j] = gba[j] = A(0);

@@ -68,40 +68,62 @@ em::Problem problem_of(const Shape& s, const at::Tensor& votes, const at::Tensor
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
-                                                      const at::Tensor& a_in,
-                                                      const at::Tensor& beta_u,
-                                                      const at::Tensor& beta_a, int64_t iterations,
-                                                      double final_lambda, double eps) {
+// Whether the forward keeps its history for the backward: asked for, on the CPU (the CUDA kernels
+// recompute), and no larger than the votes (python/kexue/ops/em_routing.py's fake kernel applies
+// the same rule).
+bool keeps_state(const Shape& s, int64_t iterations, bool save_state, const at::Tensor& votes) {
+  return save_state && votes.device().is_cpu() && em::history_scratch(iterations, s.I, s.J, s.H) <= s.I * s.J * s.H;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
+                                                                  const at::Tensor& a_in,
+                                                                  const at::Tensor& beta_u,
+                                                                  const at::Tensor& beta_a, int64_t iterations,
+                                                                  double final_lambda, double eps, bool save_state) {
   const Shape s = check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, kOp);
   const at::Tensor V = votes.contiguous(), ain = a_in.contiguous(), bu = beta_u.contiguous(),
                    ba = beta_a.contiguous();
   at::Tensor mu = at::empty({s.B, s.J, s.H}, V.options());
   at::Tensor a_out = at::empty({s.B, s.J}, V.options());
-  if (s.B == 0 || s.J == 0) return {mu, a_out};
+  at::Tensor state = keeps_state(s, iterations, save_state, V)
+                         ? at::empty({s.B, em::history_scratch(iterations, s.I, s.J, s.H)}, V.options())
+                         : at::empty({0}, V.options());
+  if (s.B == 0 || s.J == 0) return {mu, a_out, state.zero_()};  // unread: the backward returns zeros
   em::Args a{};
   static_cast<em::Problem&>(a) = problem_of(s, V, ain, bu, ba, iterations, final_lambda, eps);
   a.mu = mu.data_ptr();
   a.a_out = a_out.data_ptr();
+  a.state = state.numel() ? state.data_ptr() : nullptr;
 #ifdef KX_GPU_LAUNCHERS
   if (gpu_launchers(V)) {
     LaunchScope launch(V);
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::em_routing_forward_workspace(a), V);
     check_cuda_launch(cuda::em_routing_forward(a, launch.stream()), kOp);
-    return {mu, a_out};
+    // The emulator serves CPU tensors with the CUDA kernels, which keep no state: the shape
+    // follows the device (as the fake kernel sees it), the contents are zeros and unread.
+    return {mu, a_out, state.zero_()};
   }
 #endif
   cpu::em_routing_forward(a);
-  return {mu, a_out};
+  return {mu, a_out, state};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
     const at::Tensor& grad_mu, const at::Tensor& grad_a, const at::Tensor& votes,
     const at::Tensor& a_in, const at::Tensor& beta_u, const at::Tensor& beta_a, int64_t iterations,
-    double final_lambda, double eps) {
+    double final_lambda, double eps, const std::optional<at::Tensor>& state) {
   constexpr const char* op = "kexue.em_routing_backward";
   const Shape s = check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op);
+  if (state.has_value()) check_like(votes, "votes", *state, op, "state");
+  const bool given = state.has_value() && state->numel() > 0;  // empty: the forward kept none
+  if (given) {
+    const int64_t size = em::history_scratch(iterations, s.I, s.J, s.H);
+    TORCH_CHECK(votes.device().is_cpu(), op, ": state must be empty for votes on ", votes.device(),
+                " (the CUDA kernels recompute the iterations)");
+    TORCH_CHECK(state->dim() == 2 && state->size(0) == s.B && state->size(1) == size, op,
+                ": state must be the forward's [", s.B, ", ", size, "] tensor, got ", state->sizes());
+  }
   check_like(votes, "votes", grad_mu, op, "grad_mu");
   check_like(votes, "votes", grad_a, op, "grad_a");
   TORCH_CHECK(grad_mu.dim() == 3 && grad_mu.size(0) == s.B && grad_mu.size(1) == s.J &&
@@ -112,6 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
               ": grad_a must have shape [", s.B, ", ", s.J, "], got ", grad_a.sizes());
   const at::Tensor V = votes.contiguous(), ain = a_in.contiguous(), bu = beta_u.contiguous(),
                    ba = beta_a.contiguous(), gmu = grad_mu.contiguous(), ga = grad_a.contiguous();
+  const at::Tensor st = given ? state->contiguous() : at::Tensor();
   at::Tensor gV = empty_output(V), gain = empty_output(ain);
   at::Tensor gbu_b = at::empty({s.B, s.J}, V.options()), gba_b = at::empty({s.B, s.J}, V.options());
   if (s.B == 0 || s.J == 0) {
@@ -127,6 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
   a.grad_a_in = gain.data_ptr();
   a.grad_beta_u = gbu_b.data_ptr();
   a.grad_beta_a = gba_b.data_ptr();
+  a.state = given ? st.data_ptr() : nullptr;  // the CUDA kernels (and the emulator) recompute
 #ifdef KX_GPU_LAUNCHERS
   if (gpu_launchers(V)) {
     LaunchScope launch(V);
@@ -141,27 +165,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
   return {gV, gain, gbu_b.sum(0), gba_b.sum(0)};
 }
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                      const at::Tensor&, const at::Tensor&,
-                                                      int64_t, double, double);
+using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                  const at::Tensor&, const at::Tensor&,
+                                                                  int64_t, double, double, bool);
 using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, int64_t, double, double);
+    const at::Tensor&, int64_t, double, double, const std::optional<at::Tensor>&);
 
 class EmRoutingFunction : public torch::autograd::Function<EmRoutingFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& votes,
                                const at::Tensor& a_in, const at::Tensor& beta_u,
                                const at::Tensor& beta_a, int64_t iterations, double final_lambda,
-                               double eps) {
+                               double eps, bool save_state) {
     at::AutoDispatchBelowADInplaceOrView below;
     static auto op = kexue_op<ForwardSig>("kexue::em_routing");
-    auto [mu, a_out] = op.call(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps);
-    ctx->save_for_backward({votes, a_in, beta_u, beta_a});
+    auto [mu, a_out, state] = op.call(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, save_state);
+    ctx->save_for_backward({votes, a_in, beta_u, beta_a, state});
     ctx->saved_data["iterations"] = iterations;
     ctx->saved_data["final_lambda"] = final_lambda;
     ctx->saved_data["eps"] = eps;
-    return {mu, a_out};
+    ctx->mark_non_differentiable({state});  // for the backward only
+    return {mu, a_out, state};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -169,25 +194,27 @@ class EmRoutingFunction : public torch::autograd::Function<EmRoutingFunction> {
     const at::Tensor &votes = saved[0], &a_in = saved[1], &beta_u = saved[2], &beta_a = saved[3];
     if (!grads[0].defined() && !grads[1].defined())
       return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-              at::Tensor()};
+              at::Tensor(), at::Tensor()};
     const int64_t B = votes.size(0), J = votes.size(2), H = votes.size(3);
     const at::Tensor gmu = grads[0].defined() ? grads[0] : at::zeros({B, J, H}, votes.options());
     const at::Tensor ga = grads[1].defined() ? grads[1] : at::zeros({B, J}, votes.options());
     static auto op = kexue_op<BackwardSig>("kexue::em_routing_backward");
+    const std::optional<at::Tensor> state = saved[4].numel() ? std::optional<at::Tensor>(saved[4]) : std::nullopt;
     auto [gV, gain, gbu, gba] =
         op.call(gmu, ga, votes, a_in, beta_u, beta_a, ctx->saved_data["iterations"].toInt(),
-                ctx->saved_data["final_lambda"].toDouble(), ctx->saved_data["eps"].toDouble());
-    return {gV, gain, gbu, gba, at::Tensor(), at::Tensor(), at::Tensor()};
+                ctx->saved_data["final_lambda"].toDouble(), ctx->saved_data["eps"].toDouble(), state);
+    return {gV, gain, gbu, gba, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> em_routing_autograd(const at::Tensor& votes,
-                                                       const at::Tensor& a_in,
-                                                       const at::Tensor& beta_u,
-                                                       const at::Tensor& beta_a, int64_t iterations,
-                                                       double final_lambda, double eps) {
-  auto out = EmRoutingFunction::apply(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps);
-  return {out[0], out[1]};
+std::tuple<at::Tensor, at::Tensor, at::Tensor> em_routing_autograd(const at::Tensor& votes,
+                                                                   const at::Tensor& a_in,
+                                                                   const at::Tensor& beta_u,
+                                                                   const at::Tensor& beta_a, int64_t iterations,
+                                                                   double final_lambda, double eps,
+                                                                   bool save_state) {
+  auto out = EmRoutingFunction::apply(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, save_state);
+  return {out[0], out[1], out[2]};
 }
 
 }  // namespace

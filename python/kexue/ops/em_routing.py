@@ -85,8 +85,13 @@ def em_routing(
     if pose_dim is not None and votes.shape[-1] != pose_dim:
         raise ValueError(f"{_OP}: votes' last dimension H = {votes.shape[-1]} does not match "
                          f"pose_dim = {pose_dim}")
-    return torch.ops.kexue.em_routing(votes, a_in, bu, ba, int(iterations), float(final_lambda),
-                                      float(eps))
+    # The forward keeps its history for the backward when one will run (CPU, within the votes'
+    # own size; otherwise the backward recomputes the iterations).
+    save_state = torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad for t in (votes, a_in, bu, ba))
+    mu, a_out, _ = torch.ops.kexue.em_routing(votes, a_in, bu, ba, int(iterations), float(final_lambda),
+                                              float(eps), save_state)
+    return mu, a_out
 
 
 def _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op):
@@ -111,18 +116,35 @@ def _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op
         C.check(t.dim() == 1 and t.shape[0] == n_out, op, name, " must have shape [", n_out, "], got ", C.sizes(t))
 
 
+def _history_size(T, I, J, H):
+    """csrc/kexue/em_routing.h's history_scratch: the per-sample state a forward keeps."""
+    return T * (I * J + 2 * J * H + 4 * J)
+
+
 @torch.library.register_fake("kexue::em_routing")
-def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps):
+def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, save_state=False):
     _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, "kexue.em_routing")
     B, n_in, n_out, H = votes.shape
-    return votes.new_empty((B, n_out, H)), votes.new_empty((B, n_out))
+    size = _history_size(iterations, n_in, n_out, H)
+    # csrc/ops/em_routing.cpp's keeps_state(); meta tensors stand for CPU ones here
+    keeps = save_state and votes.device.type != "cuda" and size <= n_in * n_out * H
+    state = votes.new_empty((B, size) if keeps else (0,))
+    return votes.new_empty((B, n_out, H)), votes.new_empty((B, n_out)), state
 
 
 @torch.library.register_fake("kexue::em_routing_backward")
 def _em_routing_backward_fake(grad_mu, grad_a, votes, a_in, beta_u, beta_a, iterations,
-                              final_lambda, eps):
+                              final_lambda, eps, state=None):
     op = "kexue.em_routing_backward"
     _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op)
+    if state is not None:
+        C.like(votes, "votes", state, op, "state")
+    if state is not None and state.numel() > 0:
+        size = _history_size(iterations, votes.shape[1], votes.shape[2], votes.shape[3])
+        C.check(votes.device.type != "cuda", op, "state must be empty for votes on ", votes.device,
+                " (the CUDA kernels recompute the iterations)")
+        C.check(state.dim() == 2 and state.shape[0] == votes.shape[0] and state.shape[1] == size, op,
+                "state must be the forward's [", votes.shape[0], ", ", size, "] tensor, got ", C.sizes(state))
     C.like(votes, "votes", grad_mu, op, "grad_mu")
     C.like(votes, "votes", grad_a, op, "grad_a")
     B, _, n_out, H = votes.shape
