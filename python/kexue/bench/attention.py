@@ -2,7 +2,8 @@
 mask, softmax attention in plain torch) with the UniLM mask + RoPE and with a causal mask.
 
 CPU: float32, B=2, H=8, L=512, d=64. GPU: bf16, L ∈ {1k, 4k, 16k}, d ∈ {64, 128}, forward +
-backward with the UniLM mask, against two peers that get RoPE as separate torch ops:
+backward with the UniLM mask. On both, against two peers that get RoPE as separate torch ops
+(on the CPU FlexAttention only in the forward: it has no CPU backward):
 FlexAttention with the same mask as a BlockMask (built once, outside the timing; its build time
 is printed to stderr) and SDPA with the materialized boolean mask. Causal forward cases at
 d = 128 also report TFLOP/s (4·B·H·L²·d / 2 useful FLOPs)."""
@@ -66,6 +67,8 @@ def _peers(rope: RoPE, causal: bool, label: str) -> Dict[str, Callable]:
 
     def flex_peer(q, k, v, s):
         qr, kr = rotated(q, k)
+        if not torch.is_grad_enabled():  # it refuses inputs that require grad where it has no backward
+            v = v.detach()
         return flex(qr, kr, v, block_mask=block_mask(s, q.shape[2]))
 
     dense = {}
@@ -109,15 +112,19 @@ def _cpu_cases() -> List[Case]:
     B, H, L, d = 2, 8, 512, 64
     rope = RoPE(d)
     name = f"B{B} H{H} L{L} d{d}"
+    def cpu_peers(causal, label, mode):  # FlexAttention has no CPU backward (torch 2.13)
+        peers = _peers(rope, causal, label)
+        return {k: f for k, f in peers.items() if mode == "fwd" or k != "flex"}
+
     for mode, grad_of in (("fwd+bwd", (0, 1, 2)), ("fwd", ())):
         out.append(Case("rope_attention", name + " UniLM+RoPE", mode, _inputs(B, H, L, d, torch.float32),
                         lambda q, k, v, s: rope_attention(q, k, v, segment_ids=s, rope=rope),
                         lambda q, k, v, s: reference_rope_attention(q, k, v, segment_ids=s, rope=rope),
-                        grad_of=grad_of))
+                        grad_of=grad_of, peers=cpu_peers(False, name, mode)))
         out.append(Case("rope_attention", name + " causal+RoPE", mode, _inputs(B, H, L, d, torch.float32),
                         lambda q, k, v, s: rope_attention(q, k, v, rope=rope, causal=True),
                         lambda q, k, v, s: reference_rope_attention(q, k, v, rope=rope, causal=True),
-                        grad_of=grad_of))
+                        grad_of=grad_of, peers=cpu_peers(True, name + " causal", mode)))
     return out
 
 
