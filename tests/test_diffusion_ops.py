@@ -62,9 +62,10 @@ def test_q_sample_gradcheck(device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_q_sample_low_precision(device, dtype):
-    x0, noise, _ = data((6, 257), device)
-    ab = torch.rand(6, dtype=torch.float64, device=device)
+@pytest.mark.parametrize("shape", [(6, 257), (1000, 2)])  # (1000, 2): runs of small samples (2-D points)
+def test_q_sample_low_precision(device, dtype, shape):
+    x0, noise, _ = data(shape, device)
+    ab = torch.rand(shape[0], dtype=torch.float64, device=device)
     hi = D.reference_q_sample(x0, noise, ab)
     ours = D.q_sample(x0.to(dtype), noise.to(dtype), ab)
     low = D.reference_q_sample(x0.to(dtype), noise.to(dtype), ab)

@@ -41,6 +41,22 @@ diffloops::QSampleFn q_sample_fn(DType dtype) {
   }
 }
 
+diffloops::QSampleSamplesFn q_sample_samples_fn(DType dtype) {
+  switch (dtype) {
+    case DType::F16: return &diffloops::q_sample_samples<c10::Half>;
+    case DType::BF16: return &diffloops::q_sample_samples<c10::BFloat16>;
+    default: break;
+  }
+  switch (active_isa()) {
+    case Isa::Avx512: return avx512::q_sample_samples_fn(dtype);
+    case Isa::Avx2: return avx2::q_sample_samples_fn(dtype);
+    default: return base::q_sample_samples_fn(dtype);
+  }
+}
+
+// Below this many elements per sample, q_sample with per-sample ᾱ runs whole samples per call.
+constexpr int64_t kSmallSample = 64;
+
 // Runs fn(b, j0, j1) over [batch, per_sample] in chunks of at most kChunk elements of one sample.
 template <typename F> void for_each_chunk(int64_t batch, int64_t per_sample, F fn) {
   const int64_t chunks = std::max<int64_t>(1, (per_sample + kChunk - 1) / kChunk);
@@ -81,6 +97,12 @@ void diffusion_step(const diff::StepArgs& a) {
 void q_sample(const diff::QSampleArgs& a) {
   const diffloops::QSampleFn fn = q_sample_fn(a.dtype);
   const diff::QSampleArgs f = flattened(a, uniform(a.abar));
+  if (f.batch > 1 && f.per_sample < kSmallSample) {  // many small samples, each its own ᾱ
+    const diffloops::QSampleSamplesFn run = q_sample_samples_fn(a.dtype);
+    at::parallel_for(0, f.batch, std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, f.per_sample)),
+                     [&](int64_t b0, int64_t b1) { run(f, b0, b1); });
+    return;
+  }
   for_each_chunk(f.batch, f.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(f, b, j0, j1); });
 }
 

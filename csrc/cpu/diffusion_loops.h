@@ -16,6 +16,8 @@ constexpr int64_t kRun = 1024;
 // Elements [j0, j1) of sample b.
 using StepFn = void (*)(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1);
 using QSampleFn = void (*)(const diff::QSampleArgs& a, int64_t b, int64_t j0, int64_t j1);
+// Whole samples [b0, b1) (few elements each, per-sample ᾱ).
+using QSampleSamplesFn = void (*)(const diff::QSampleArgs& a, int64_t b0, int64_t b1);
 
 // normals[k] = noise element first + k, for k < count, where first is a multiple of 4.
 static inline __attribute__((noinline)) void fill_normals(float* __restrict__ normals, uint64_t first,
@@ -77,6 +79,30 @@ template <typename T> static void q_sample_run(const diff::QSampleArgs& a, int64
     out[j] = static_cast<T>(sa * static_cast<A>(x0[j]) + ss * static_cast<A>(e[j]));
 }
 
+// Samples with few elements each (2-D points): the two square roots of a run of samples as one
+// vector loop over samples, then the elements; one call per run instead of one per sample.
+template <typename T> static void q_sample_samples(const diff::QSampleArgs& a, int64_t b0, int64_t b1) {
+  using A = acc_t<T>;
+  constexpr int64_t kSamples = 256;
+  A sa[kSamples], ss[kSamples];
+  const int64_t P = a.per_sample;
+  for (int64_t r0 = b0; r0 < b1; r0 += kSamples) {
+    const int64_t n = std::min(kSamples, b1 - r0);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const double abar = diff::read(a.abar, r0 + i);
+      sa[i] = static_cast<A>(kx::sqrt_(abar));
+      ss[i] = static_cast<A>(kx::sqrt_(diff::clamp01(1.0 - abar)));
+    }
+    const T* __restrict__ x0 = static_cast<const T*>(a.x0) + r0 * P;
+    const T* __restrict__ e = static_cast<const T*>(a.noise) + r0 * P;
+    T* __restrict__ out = static_cast<T*>(a.out) + r0 * P;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < P; ++j)
+        out[i * P + j] = static_cast<T>(sa[i] * static_cast<A>(x0[i * P + j]) + ss[i] * static_cast<A>(e[i * P + j]));
+  }
+}
+
 template <typename T, bool Clip, diff::Noise N, bool Heun>
 static StepFn pick_x0(bool write_x0) {
   return write_x0 ? &step_run<T, Clip, N, Heun, true> : &step_run<T, Clip, N, Heun, false>;
@@ -106,6 +132,7 @@ template <typename T> static StepFn step_fn(const diff::StepArgs& a) {
   namespace NS {                                                      \
   diffloops::StepFn diffusion_step_fn(const diff::StepArgs& a);       \
   diffloops::QSampleFn q_sample_fn(DType dtype);                      \
+  diffloops::QSampleSamplesFn q_sample_samples_fn(DType dtype);       \
   }
 KX_DECLARE_DIFFUSION_ISA(base)
 KX_DECLARE_DIFFUSION_ISA(avx2)

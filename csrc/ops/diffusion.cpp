@@ -66,11 +66,13 @@ diff::PerSample per_sample(const at::Tensor& t, const at::Tensor& x, const char*
               " must have one value or one per sample (shape [", B, "]), got shape ", t.sizes());
   keep = t.reshape({-1}).to(at::kDouble).contiguous();
   if (keep.is_cpu()) {
-    const at::Tensor& d = keep;
-    // written as "not inside the range", so that NaN (which compares false) is refused too
-    TORCH_CHECK(((allow_zero ? (d >= 0) : (d > 0)) & (d <= 1)).all().item<bool>(), op, ": ", name,
-                " must be in ", allow_zero ? "[0, 1]" : "(0, 1]", ", got values from ", d.min().item<double>(),
-                " to ", d.max().item<double>());
+    // One loop rather than tensor comparisons: at sampling-loop sizes (a 2-D batch) those small
+    // ops cost more than the step. Written as "inside the range", so that NaN is refused too.
+    const double* d = keep.data_ptr<double>();
+    for (int64_t i = 0; i < keep.numel(); ++i)
+      TORCH_CHECK((allow_zero ? d[i] >= 0.0 : d[i] > 0.0) && d[i] <= 1.0, op, ": ", name, " must be in ",
+                  allow_zero ? "[0, 1]" : "(0, 1]", ", got values from ", keep.min().item<double>(), " to ",
+                  keep.max().item<double>());
   }
   p.ptr = keep.data_ptr();
   p.stride = t.numel() == 1 ? 0 : 1;

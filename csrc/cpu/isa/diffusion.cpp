@@ -14,6 +14,10 @@ diffloops::QSampleFn q_sample_fn(DType dtype) {
   return dtype == DType::F64 ? &diffloops::q_sample_run<double> : &diffloops::q_sample_run<float>;
 }
 
+diffloops::QSampleSamplesFn q_sample_samples_fn(DType dtype) {
+  return dtype == DType::F64 ? &diffloops::q_sample_samples<double> : &diffloops::q_sample_samples<float>;
+}
+
 }  // namespace KX_ISA_NS
 }  // namespace cpu
 }  // namespace kx
