@@ -33,10 +33,13 @@ TORCH_LIBRARY(kexue, m) {
   m.def("logdet_power_series_backward(Tensor grad, Tensor J, int n_terms) -> Tensor");
   // Hutchinson estimate sum_k (-1)^{k+1} v^T J^k v / k of log det(I + J_g(x)) for the block
   // g(x) = W2 act(W1 x + b1) + b2; x, v [B, D], W1 [H, D], b1 [H], W2 [D, H], b2 [D].
+  // save_state: the forward also returns the products the backward needs (the J^l v, W1 J^l v,
+  // act' and act'' as one flat tensor; when the products path runs and they fit in 256 MiB; else
+  // an empty tensor), which the backward then reads instead of recomputing them.
   m.def("iresnet_mlp_logdet(Tensor x, Tensor W1, Tensor b1, Tensor W2, Tensor b2, Tensor v, int n_terms, "
-        "str activation) -> Tensor");
+        "str activation, bool save_state=False) -> (Tensor, Tensor)");
   m.def("iresnet_mlp_logdet_backward(Tensor grad, Tensor x, Tensor W1, Tensor b1, Tensor W2, Tensor v, "
-        "int n_terms, str activation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+        "int n_terms, str activation, bool[4] output_mask, Tensor? state=None) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // Capsules: dynamic routing (Sabour et al. 2017) over u_hat [B, N_in, N_out, D]. Returns
   // (v [B, N_out, D], final couplings c [B, N_in, N_out]); squash is 'sabour' or 'post'. The

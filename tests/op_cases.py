@@ -115,16 +115,18 @@ def _mlp(B, dev, dt, grad):
 
 
 def mlp_logdet(B, dev, dt):
-    return _mlp(B, dev, dt, True) + [3, "lipswish"]
+    return _mlp(B, dev, dt, True) + [2, "lipswish", True]  # D = 3 > 2 terms: the products path, its state kept
 
 
 def mlp_logdet_backward(B, dev, dt):
-    x, W1, b1, W2, _, v = _mlp(B, dev, dt, False)
-    return [_rand((B,), dev, _acc(dt), seed=7), x, W1, b1, W2, v, 3, "elu", [True, True, True, True]]
+    x, W1, b1, W2, b2, v = _mlp(B, dev, dt, False)
+    state = torch.ops.kexue.iresnet_mlp_logdet(x, W1, b1, W2, b2, v, 2, "elu", True)[1]
+    return [_rand((B,), dev, _acc(dt), seed=7), x, W1, b1, W2, v, 2, "elu", [True, True, True, True], state]
 
 
 def dynamic_routing(B, dev, dt):
-    return [_rand((B, 5, 3, 4), dev, dt, grad=True), 3, "sabour", False, True]
+    # 30 input capsules: the per-iteration state (3 iterations) is smaller than u_hat and kept
+    return [_rand((B, 30, 3, 4), dev, dt, grad=True), 3, "sabour", False, True]
 
 
 def dynamic_routing_backward(B, dev, dt):
@@ -136,17 +138,17 @@ def dynamic_routing_backward(B, dev, dt):
 
 
 def em_routing(B, dev, dt):
-    a = torch.rand(B, 5, generator=_g(1), dtype=torch.float64).to(dev, dt).requires_grad_()
-    return [_rand((B, 5, 3, 4), dev, dt, grad=True), a, _rand((3,), dev, dt, 0.1, True, 2),
+    # 40 input capsules: the history of 3 iterations is smaller than the votes and kept
+    a = torch.rand(B, 40, generator=_g(1), dtype=torch.float64).to(dev, dt).requires_grad_()
+    return [_rand((B, 40, 3, 4), dev, dt, grad=True), a, _rand((3,), dev, dt, 0.1, True, 2),
             _rand((3,), dev, dt, 0.1, True, 3), 3, 0.5, 1e-6, True]
 
 
 def em_routing_backward(B, dev, dt):
-    # The forward's kept history on the CPU (empty elsewhere: the backward recomputes); one
-    # iteration, so that the history is smaller than the votes and kept.
+    # The forward's kept history on the CPU (empty elsewhere: the backward recomputes).
     V, a, bu, ba = (t.detach() for t in em_routing(B, dev, dt)[:4])
-    state = torch.ops.kexue.em_routing(V, a, bu, ba, 1, 0.5, 1e-6, True)[2]
-    return [_rand((B, 3, 4), dev, dt, seed=5), _rand((B, 3), dev, dt, seed=6), V, a, bu, ba, 1, 0.5, 1e-6, state]
+    state = torch.ops.kexue.em_routing(V, a, bu, ba, 3, 0.5, 1e-6, True)[2]
+    return [_rand((B, 3, 4), dev, dt, seed=5), _rand((B, 3), dev, dt, seed=6), V, a, bu, ba, 3, 0.5, 1e-6, state]
 
 
 def _abar(B, dev):
@@ -278,6 +280,7 @@ CASES = [
     Case("iresnet_mlp_logdet_backward", ops.iresnet_mlp_logdet_backward.default, mlp_logdet_backward, FLOATS, bad={
         "grad of another length": lambda a: _set(a, 0, a[0][:1]),
         "no terms": lambda a: _set(a, 6, 0),
+        "state of another length": lambda a: _set(a, 9, a[9][:5]),
         "1-d x": lambda a: _set(a, 1, a[1][0]),
     }),
     Case("dynamic_routing", ops.dynamic_routing.default, dynamic_routing, bad={

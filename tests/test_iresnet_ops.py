@@ -81,6 +81,23 @@ def test_mlp_backward_matches_reference(device, activation, d):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-10)
 
 
+def test_mlp_kept_products_give_the_recomputed_gradients():
+    # The backward reads the forward's J^l v, W1 J^l v, act' and act'' instead of recomputing them;
+    # the explicit-Jacobian path (D <= n) keeps nothing.
+    x, W1, b1, W2, b2, v = mlp(d=12)
+    g = torch.randn(6, dtype=torch.float64)
+    out, state = torch.ops.kexue.iresnet_mlp_logdet(x, W1, b1, W2, b2, v, 6, "elu", True)
+    assert state.shape == (6 * 6 * (12 + 8) + 2 * 6 * 8,)
+    out2, empty = torch.ops.kexue.iresnet_mlp_logdet(x, W1, b1, W2, b2, v, 6, "elu", False)
+    assert empty.numel() == 0
+    torch.testing.assert_close(out, out2, rtol=1e-13, atol=1e-13)
+    kept = torch.ops.kexue.iresnet_mlp_logdet_backward(g, x, W1, b1, W2, v, 6, "elu", [True] * 4, state)
+    recomputed = torch.ops.kexue.iresnet_mlp_logdet_backward(g, x, W1, b1, W2, v, 6, "elu", [True] * 4, None)
+    for a, b in zip(kept, recomputed):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    assert torch.ops.kexue.iresnet_mlp_logdet(*mlp(d=3), 6, "elu", True)[1].numel() == 0
+
+
 @pytest.mark.parametrize("activation", ["elu", "lipswish"])
 @pytest.mark.parametrize("d", [2, 9])
 def test_mlp_gradcheck(activation, d):

@@ -168,7 +168,7 @@ class DynamicRoutingFunction : public torch::autograd::Function<DynamicRoutingFu
     const at::Tensor& u_hat = saved[0];
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     static auto op = kexue_op<BackwardSig>("kexue::dynamic_routing_backward");
-    const std::optional<at::Tensor> state = saved[1].numel() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
+    const std::optional<at::Tensor> state = saved[1];  // empty when the forward kept none (its size may be symbolic)
     at::Tensor gu = op.call(grads[0], u_hat, ctx->saved_data["iterations"].toInt(),
                             ctx->saved_data["squash"].toStringRef(),
                             ctx->saved_data["detach_routing"].toBool(), state);

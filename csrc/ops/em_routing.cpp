@@ -199,7 +199,7 @@ class EmRoutingFunction : public torch::autograd::Function<EmRoutingFunction> {
     const at::Tensor gmu = grads[0].defined() ? grads[0] : at::zeros({B, J, H}, votes.options());
     const at::Tensor ga = grads[1].defined() ? grads[1] : at::zeros({B, J}, votes.options());
     static auto op = kexue_op<BackwardSig>("kexue::em_routing_backward");
-    const std::optional<at::Tensor> state = saved[4].numel() ? std::optional<at::Tensor>(saved[4]) : std::nullopt;
+    const std::optional<at::Tensor> state = saved[4];  // empty when the forward kept none (its size may be symbolic)
     auto [gV, gain, gbu, gba] =
         op.call(gmu, ga, votes, a_in, beta_u, beta_a, ctx->saved_data["iterations"].toInt(),
                 ctx->saved_data["final_lambda"].toDouble(), ctx->saved_data["eps"].toDouble(), state);

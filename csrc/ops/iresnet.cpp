@@ -128,9 +128,11 @@ struct Mlp {
   at::Tensor d1, d2;            // act'(h), act''(h): [B, H]
 };
 
-// b2 is checked when given (the forward); the backward needs no b2.
+// b2 is checked when given (the forward); the backward needs no b2. derivatives: also act'(h) and
+// act''(h) (a backward reading the forward's state has them).
 Mlp prepare_mlp(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1, const at::Tensor& W2,
-                const std::optional<at::Tensor>& b2, const at::Tensor& v, c10::string_view activation, const char* op) {
+                const std::optional<at::Tensor>& b2, const at::Tensor& v, c10::string_view activation, const char* op,
+                bool derivatives = true) {
   check_device_supported(x, op);
   kx_dtype(x, op, "x");
   TORCH_CHECK(x.dim() == 2, op, ": x must be [B, D], got ", x.sizes());
@@ -152,11 +154,37 @@ Mlp prepare_mlp(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1,
   const auto acc = acc_dtype(x.scalar_type());
   Mlp m{x.to(acc).contiguous(), W1.to(acc).contiguous(), b1.to(acc).contiguous(),
         W2.to(acc).contiguous(), v.to(acc).contiguous(), {}, {}};
+  const act::Kind kind = parse_activation(activation, op);
+  if (!derivatives) return m;
   const at::Tensor h = at::addmm(m.b1, m.x, m.W1.t()).contiguous();
   m.d1 = empty_output(h);
   m.d2 = empty_output(h);
-  activation_derivatives(h, m.d1, m.d2, parse_activation(activation, op), op);
+  activation_derivatives(h, m.d1, m.d2, kind, op);
   return m;
+}
+
+// Which way J is applied: formed per sample up to D = n, then by W1 and W2 each time (below).
+bool uses_products(int64_t D, int64_t n) { return D > n; }
+
+// The forward's state for the products path: w_l = J^l v [n, B, D], A_l = W1 w_l [n, B, H],
+// act'(h), act''(h) [B, H], in one flat tensor of the accumulation type.
+constexpr int64_t kStateBudget = int64_t(256) << 20;  // bytes
+int64_t state_numel(int64_t B, int64_t D, int64_t H, int64_t n) { return n * B * (D + H) + 2 * B * H; }
+
+bool keeps_state(const at::Tensor& x, int64_t H, int64_t n, bool save_state) {
+  const int64_t B = x.size(0), D = x.size(1);
+  return save_state && uses_products(D, n) &&
+         state_numel(B, D, H, n) * static_cast<int64_t>(c10::elementSize(acc_dtype(x.scalar_type()))) <=
+             kStateBudget;
+}
+
+struct StateViews {
+  at::Tensor W, A, d1, d2;
+};
+StateViews state_views(const at::Tensor& s, int64_t B, int64_t D, int64_t H, int64_t n) {
+  const int64_t w = n * B * D, a = n * B * H;
+  return {s.narrow(0, 0, w).view({n, B, D}), s.narrow(0, w, a).view({n, B, H}), s.narrow(0, w + a, B * H).view({B, H}),
+          s.narrow(0, w + a + B * H, B * H).view({B, H})};
 }
 
 // Two ways to apply J: form it per sample (B·D²·H multiply-adds once, then D² per product) or
@@ -164,7 +192,7 @@ Mlp prepare_mlp(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1,
 // (2-D toys: 4× faster at D = 2, n = 10, where the products are all call overhead); measured on
 // CPU the products are faster again from D ≈ n, so that is the switch.
 at::Tensor explicit_jacobian(const Mlp& m, int64_t n) {
-  if (m.x.size(1) > n) return at::Tensor();
+  if (uses_products(m.x.size(1), n)) return at::Tensor();
   return at::matmul(m.W2.unsqueeze(0) * m.d1.unsqueeze(1), m.W1);  // [B, D, D] = W2 diag(d1) W1
 }
 
@@ -172,18 +200,36 @@ at::Tensor batched_matvec(const at::Tensor& J, const at::Tensor& w) {
   return at::bmm(J, w.unsqueeze(2)).squeeze(2);
 }
 
-at::Tensor iresnet_mlp_logdet(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1,
-                              const at::Tensor& W2, const at::Tensor& b2, const at::Tensor& v,
-                              int64_t n, c10::string_view activation) {
+std::tuple<at::Tensor, at::Tensor> iresnet_mlp_logdet(const at::Tensor& x, const at::Tensor& W1,
+                                                      const at::Tensor& b1, const at::Tensor& W2,
+                                                      const at::Tensor& b2, const at::Tensor& v, int64_t n,
+                                                      c10::string_view activation, bool save_state) {
   check_terms(n, kMlp);
   const Mlp m = prepare_mlp(x, W1, b1, W2, b2, v, activation, kMlp);
-  at::Tensor w = m.v, out = at::zeros({x.size(0)}, m.x.options());
+  const int64_t B = x.size(0), D = x.size(1), H = W1.size(0);
+  at::Tensor w = m.v, out = at::zeros({B}, m.x.options());
+  if (keeps_state(x, H, n, save_state)) {  // the products path, its w_l and A_l written in place
+    at::Tensor state = at::empty({state_numel(B, D, H, n)}, m.x.options());
+    const StateViews s = state_views(state, B, D, H, n);
+    s.d1.copy_(m.d1);
+    s.d2.copy_(m.d2);
+    s.W[0].copy_(m.v);
+    at::Tensor last = at::empty({B, D}, m.x.options()), tmp = at::empty({B, H}, m.x.options());
+    const at::Tensor W1t = m.W1.t(), W2t = m.W2.t();
+    for (int64_t k = 0; k < n; ++k) {
+      at::Tensor a = s.A[k], next = k + 1 < n ? s.W[k + 1] : last;
+      at::mm_out(a, s.W[k], W1t);
+      at::mm_out(next, at::mul_out(tmp, a, m.d1), W2t);  // w_{k+1} = J w_k
+      out.add_((m.v * next).sum(1), series_coeff(k + 1));
+    }
+    return {out, state};
+  }
   const at::Tensor J = explicit_jacobian(m, n);
   for (int64_t k = 1; k <= n; ++k) {
     w = J.defined() ? batched_matvec(J, w) : at::mm(at::mm(w, m.W1.t()).mul_(m.d1), m.W2.t());  // w <- J w
     out.add_((m.v * w).sum(1), series_coeff(k));
   }
-  return out;
+  return {out, at::empty({0}, m.x.options())};
 }
 
 // With forward vectors w_l = J^l v, A_l = W1 w_l and backward vectors r_j = (J^T)^j v,
@@ -193,13 +239,24 @@ at::Tensor iresnet_mlp_logdet(const at::Tensor& x, const at::Tensor& W1, const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> iresnet_mlp_logdet_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1,
     const at::Tensor& W2, const at::Tensor& v, int64_t n, c10::string_view activation,
-    std::array<bool, 4> output_mask) {
+    std::array<bool, 4> output_mask, const std::optional<at::Tensor>& state) {
   constexpr const char* op = "kexue.iresnet_mlp_logdet_backward";
   check_terms(n, op);
-  const Mlp m = prepare_mlp(x, W1, b1, W2, std::nullopt, v, activation, op);
+  const bool given = state.has_value() && state->numel() > 0;  // empty: the forward kept none
+  Mlp m = prepare_mlp(x, W1, b1, W2, std::nullopt, v, activation, op, /*derivatives=*/!given);
   const int64_t B = x.size(0), D = x.size(1), H = W1.size(0);
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == B, op, ": grad must have shape [", B, "], got ", grad.sizes());
   TORCH_CHECK(grad.device() == x.device(), op, ": grad must be on ", x.device(), " like x, got ", grad.device());
+  if (state.has_value()) check_like(m.x, "x", *state, op, "state (in x's accumulation dtype)");
+  TORCH_CHECK(!given || (uses_products(D, n) && state->dim() == 1 && state->size(0) == state_numel(B, D, H, n)), op,
+              ": state must be the forward's [", uses_products(D, n) ? state_numel(B, D, H, n) : 0, "] tensor, got ",
+              state.has_value() ? state->sizes() : at::IntArrayRef{});
+  StateViews saved;
+  if (given) {
+    saved = state_views(state->contiguous(), B, D, H, n);
+    m.d1 = saved.d1;
+    m.d2 = saved.d2;
+  }
   const at::Tensor g = grad.to(m.x.scalar_type()).view({1, B, 1});
 
   std::vector<double> coeff(n * n, 0.0);
@@ -239,19 +296,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> iresnet_mlp_logdet_ba
   // is folded into the [B, H] factors (it scales whole rows), and every [n, B, H] product is
   // formed once and scaled in place: at these sizes the step is bound by memory traffic and
   // fresh allocations as much as by the matrix products.
+  // With the forward's state the w_l and A_l are read, not recomputed.
   const auto opts = m.x.options();
-  at::Tensor W = at::empty({n, B, D}, opts), A = at::empty({n, B, H}, opts);
+  at::Tensor W = given ? saved.W : at::empty({n, B, D}, opts), A = given ? saved.A : at::empty({n, B, H}, opts);
   at::Tensor R = at::empty({n, B, D}, opts), Bt = at::empty({n, B, H}, opts), tmp = at::empty({B, H}, opts);
-  W[0].copy_(m.v);
+  if (!given) W[0].copy_(m.v);
   R[0].copy_(m.v);
   const at::Tensor W1t = m.W1.t(), W2t = m.W2.t();
   for (int64_t k = 0; k < n; ++k) {
     at::Tensor a = A[k], bk = Bt[k];
-    at::mm_out(a, W[k], W1t);
+    if (!given) at::mm_out(a, W[k], W1t);
     at::mm_out(bk, R[k], m.W2);
     if (k + 1 < n) {
       at::Tensor wn = W[k + 1], rn = R[k + 1];
-      at::mm_out(wn, at::mul_out(tmp, a, m.d1), W2t);
+      if (!given) at::mm_out(wn, at::mul_out(tmp, a, m.d1), W2t);
       at::mm_out(rn, at::mul_out(tmp, bk, m.d1), m.W1);
     }
   }
@@ -296,40 +354,47 @@ class SeriesFunction : public torch::autograd::Function<SeriesFunction> {
 
 at::Tensor series_autograd(const at::Tensor& J, int64_t n) { return SeriesFunction::apply(J, n)[0]; }
 
-using MlpSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                          const at::Tensor&, const at::Tensor&, int64_t, c10::string_view);
+using MlpSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                  const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                                  c10::string_view, bool);
 using MlpBackSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, int64_t, c10::string_view, std::array<bool, 4>);
+    const at::Tensor&, int64_t, c10::string_view, std::array<bool, 4>, const std::optional<at::Tensor>&);
 
 class MlpFunction : public torch::autograd::Function<MlpFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& W1,
                                const at::Tensor& b1, const at::Tensor& W2, const at::Tensor& b2,
-                               const at::Tensor& v, int64_t n, const std::string& activation) {
+                               const at::Tensor& v, int64_t n, const std::string& activation, bool save_state) {
     at::AutoDispatchBelowADInplaceOrView below;
     static auto op = kexue_op<MlpSig>("kexue::iresnet_mlp_logdet");
-    ctx->save_for_backward({x, W1, b1, W2, v});
+    auto [out, state] = op.call(x, W1, b1, W2, b2, v, n, activation, save_state);
+    ctx->save_for_backward({x, W1, b1, W2, v, state});
     ctx->saved_data["n"] = n;
     ctx->saved_data["activation"] = activation;
-    return {op.call(x, W1, b1, W2, b2, v, n, activation)};
+    ctx->mark_non_differentiable({state});  // for the backward only
+    return {out, state};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto op = kexue_op<MlpBackSig>("kexue::iresnet_mlp_logdet_backward");
     const auto s = ctx->get_saved_variables();
     const std::array<bool, 4> want = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
+    const std::optional<at::Tensor> state = s[5];  // empty when the forward kept none (its size may be symbolic)
     auto [gx, gW1, gb1, gW2] = op.call(grads[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["n"].toInt(),
-                                       ctx->saved_data["activation"].toStringRef(), want);
+                                       ctx->saved_data["activation"].toStringRef(), want, state);
     // b2 shifts g without changing its Jacobian; v is a probe, not a parameter.
     return {want[0] ? gx : at::Tensor(), want[1] ? gW1 : at::Tensor(), want[2] ? gb1 : at::Tensor(),
-            want[3] ? gW2 : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            want[3] ? gW2 : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor mlp_autograd(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1, const at::Tensor& W2,
-                        const at::Tensor& b2, const at::Tensor& v, int64_t n, c10::string_view activation) {
-  return MlpFunction::apply(x, W1, b1, W2, b2, v, n, std::string(activation.data(), activation.size()))[0];
+std::tuple<at::Tensor, at::Tensor> mlp_autograd(const at::Tensor& x, const at::Tensor& W1, const at::Tensor& b1,
+                                                const at::Tensor& W2, const at::Tensor& b2, const at::Tensor& v,
+                                                int64_t n, c10::string_view activation, bool save_state) {
+  auto out = MlpFunction::apply(x, W1, b1, W2, b2, v, n, std::string(activation.data(), activation.size()),
+                                save_state);
+  return {out[0], out[1]};
 }
 
 }  // namespace

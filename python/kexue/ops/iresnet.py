@@ -41,7 +41,10 @@ def iresnet_mlp_logdet(x: Tensor, W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor
     if activation not in ACTIVATIONS:
         raise ValueError(f"iresnet_mlp_logdet: activation must be one of {ACTIVATIONS}, got {activation!r}")
     n = _check_terms(n_terms, "iresnet_mlp_logdet")
-    return torch.ops.kexue.iresnet_mlp_logdet(x, W1, b1, W2, b2, v, n, activation)
+    # The forward keeps the products the backward needs when one will run (csrc/ops/iresnet.cpp).
+    save_state = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in (x, W1, b1, W2))
+    out, _ = torch.ops.kexue.iresnet_mlp_logdet(x, W1, b1, W2, b2, v, n, activation, save_state)
+    return out
 
 
 # ---- fake kernels: csrc/ops/iresnet.cpp's checks, in its order -------------------------------------
@@ -98,22 +101,42 @@ def _series_backward_fake(grad, J, n_terms):
     return J.new_empty(J.shape)
 
 
+_STATE_BUDGET = 256 << 20  # bytes: csrc/ops/iresnet.cpp's kStateBudget
+
+
+def _state_numel(x, W1, n):
+    """csrc/ops/iresnet.cpp's state_numel; 0 where the forward keeps no state (explicit Jacobians)."""
+    (B, D), H = x.shape, W1.shape[0]
+    return n * B * (D + H) + 2 * B * H if D > n else 0
+
+
 @torch.library.register_fake("kexue::iresnet_mlp_logdet")
-def _mlp_fake(x, W1, b1, W2, b2, v, n_terms, activation):
+def _mlp_fake(x, W1, b1, W2, b2, v, n_terms, activation, save_state=False):
     op = "kexue.iresnet_mlp_logdet"
     _check_n(n_terms, op)
     _check_mlp(x, W1, b1, W2, b2, v, activation, op)
-    return x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
+    acc = acc_dtype(x.dtype)
+    numel = _state_numel(x, W1, n_terms)
+    keeps = save_state and numel > 0 and numel * acc.itemsize <= _STATE_BUDGET
+    return x.new_empty((x.shape[0],), dtype=acc), x.new_empty((numel if keeps else 0,), dtype=acc)
 
 
 @torch.library.register_fake("kexue::iresnet_mlp_logdet_backward")
-def _mlp_backward_fake(grad, x, W1, b1, W2, v, n_terms, activation, output_mask):
+def _mlp_backward_fake(grad, x, W1, b1, W2, v, n_terms, activation, output_mask, state=None):
     op = "kexue.iresnet_mlp_logdet_backward"
     _check_n(n_terms, op)
     _check_mlp(x, W1, b1, W2, None, v, activation, op)
     C.check(grad.dim() == 1 and grad.shape[0] == x.shape[0], op, "grad must have shape [", x.shape[0], "], got ",
             C.sizes(grad))
     C.check(grad.device == x.device, op, "grad must be on ", x.device, " like x, got ", grad.device)
+    if state is not None:
+        arg = "state (in x's accumulation dtype)"
+        C.check(state.device == x.device, op, arg, " must be on ", x.device, " like x, got ", state.device)
+        C.check(state.dtype == acc_dtype(x.dtype), op, arg, " must have dtype ", C.dtype_name(acc_dtype(x.dtype)),
+                " like x, got ", C.dtype_name(state.dtype))
+        numel = _state_numel(x, W1, n_terms)
+        C.check(state.numel() == 0 or (numel > 0 and state.dim() == 1 and state.shape[0] == numel), op,
+                "state must be the forward's [", numel, "] tensor, got ", C.sizes(state))
     return (empty_grad(x, output_mask[0]), empty_grad(W1, output_mask[1]), empty_grad(b1, output_mask[2]),
             empty_grad(W2, output_mask[3]))
 
