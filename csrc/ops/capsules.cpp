@@ -1,7 +1,8 @@
 // Glue for kexue::dynamic_routing and kexue::dynamic_routing_backward: argument checks, layout,
 // routing to the CPU or CUDA launcher, and the C++ autograd kernel (see ops/autograd.h).
-// The backward recomputes the forward (keeping only the [R, N_in, N_out] couplings/logit
-// gradients and the [R, N_out, D] capsule states per sample), so nothing is saved but u_hat.
+// On the CPU the forward keeps its per-iteration state (the [R, N_in, N_out] couplings and the
+// [R, N_out, D] s and v per sample) when it is no larger than u_hat, and the backward reads it;
+// otherwise (and on CUDA) the backward recomputes the forward per sample.
 #include <torch/library.h>
 
 #include "cpu/kernels.h"

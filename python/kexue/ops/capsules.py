@@ -2,7 +2,8 @@
 
 ``dynamic_routing`` runs a fused kernel forward and backward (math in csrc/kexue/capsules.h; the
 autograd kernel is registered in C++, csrc/ops/capsules.cpp, and calls
-``kexue::dynamic_routing_backward``, which recomputes the routing rather than saving it).
+``kexue::dynamic_routing_backward``; on the CPU the forward keeps each iteration's c, s and v
+when they are no larger than u_hat, and the backward reads them, else it recomputes the routing).
 ``reference_dynamic_routing`` is the paper's pseudo-code in plain PyTorch: the readable spec and
 the test oracle.
 

@@ -2,7 +2,8 @@
 
 ``em_routing`` runs a fused kernel forward and backward (math in csrc/kexue/em_routing.h; the
 autograd kernel is registered in C++, csrc/ops/em_routing.cpp, and calls
-``kexue::em_routing_backward``, which recomputes the EM iterations rather than saving them).
+``kexue::em_routing_backward``; on the CPU the forward keeps the iterations' history when it is
+no larger than the votes, and the backward reads it, else it recomputes the EM iterations).
 ``reference_em_routing`` is the paper's procedure in plain PyTorch: the readable spec and the
 test oracle.
 
