@@ -1,12 +1,13 @@
 """The benchmark harness: every alternative timed in interleaved rounds, "× best" against the
 fastest of them, the spread beside each median, and the CPU allocator pinned."""
+import subprocess
 import sys
 import time
 
 import pytest
 import torch
 
-from kexue.bench.harness import Case, format_table, machine_info, pin_allocator, run_cases
+from kexue.bench.harness import Case, format_table, run_cases
 
 
 def _sleeper(seconds):
@@ -40,4 +41,8 @@ def test_compiled_variants_follow_the_requested_modes():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_the_cpu_allocator_is_pinned_for_benchmarks():
-    assert pin_allocator() and machine_info("cpu")["allocator_pinned"]
+    # In a child process: the setting lasts for the whole process.
+    code = ("from kexue.bench.harness import machine_info, pin_allocator; "
+            "assert not machine_info('cpu')['allocator_pinned']; "
+            "assert pin_allocator() and pin_allocator() and machine_info('cpu')['allocator_pinned']")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -86,6 +86,22 @@ def test_saved_state_gives_the_recomputed_gradient(detach):
     assert torch.ops.kexue.dynamic_routing(small, 60, "sabour", False, True)[2].numel() == 0
 
 
+@pytest.mark.skipif(not __import__("kexue").build_info()["simt"], reason="this build has no SIMT emulator")
+def test_forward_on_the_emulator_backward_on_the_cpu():
+    # The emulator runs the CUDA kernels, which keep no state: a backward that then runs on the
+    # CPU kernels recomputes the routing instead of reading an empty (or zero) state.
+    from conftest import on_backend
+
+    u = make_u((2, 30, 4, 8), requires_grad=True)
+    ur = u.detach().clone().requires_grad_()
+    g = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with on_backend("simt"):
+        v = dynamic_routing(u, 3)
+    (gu,) = torch.autograd.grad(v, u, g)
+    (gr,) = torch.autograd.grad(reference_dynamic_routing(ur, 3), ur, g)
+    torch.testing.assert_close(gu, gr, rtol=1e-10, atol=1e-11)
+
+
 def test_detach_changes_gradient_not_value(device):
     u = make_u((2, 5, 3, 4), device=device, requires_grad=True)
     v1, v2 = dynamic_routing(u, 3), dynamic_routing(u, 3, detach_routing=True)

@@ -70,6 +70,23 @@ def test_kept_history_gives_the_recomputed_gradients():
     assert torch.ops.kexue.em_routing(V[:, :2], a[:, :2], bu, ba, 30, 0.5, 1e-6, True)[2].numel() == 0
 
 
+@pytest.mark.skipif(not __import__("kexue").build_info()["simt"], reason="this build has no SIMT emulator")
+def test_forward_on_the_emulator_backward_on_the_cpu():
+    # The emulator runs the CUDA kernels, which keep no history: a backward that then runs on the
+    # CPU kernels recomputes the iterations instead of reading an empty (or zero) one.
+    from conftest import on_backend
+
+    ins = make_inputs(2, 40, 5, 16, requires_grad=True)
+    refs = [t.detach().clone().requires_grad_() for t in ins]
+    g = torch.Generator().manual_seed(6)
+    gmu, ga = torch.randn(2, 5, 16, generator=g, dtype=torch.float64), torch.randn(2, 5, generator=g, dtype=torch.float64)
+    with on_backend("simt"):
+        out = em_routing(*ins, 3, final_lambda=0.5)
+    for x, y in zip(torch.autograd.grad(out, ins, (gmu, ga)),
+                    torch.autograd.grad(reference_em_routing(*refs, 3, final_lambda=0.5), refs, (gmu, ga))):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
+
+
 def test_every_cpu_isa_matches_reference(restore_cpu_isa):
     # H = 16: one AVX-512 vector per pose; H = 5: scalar tails only.
     import kexue

@@ -22,8 +22,10 @@ diffloops::StepFn step_fn(const diff::StepArgs& a) {
     default: break;
   }
   switch (active_isa()) {
+#ifdef KEXUE_CPU_MULTI_ISA
     case Isa::Avx512: return avx512::diffusion_step_fn(a);
     case Isa::Avx2: return avx2::diffusion_step_fn(a);
+#endif
     default: return base::diffusion_step_fn(a);
   }
 }
@@ -35,8 +37,10 @@ diffloops::QSampleFn q_sample_fn(DType dtype) {
     default: break;
   }
   switch (active_isa()) {
+#ifdef KEXUE_CPU_MULTI_ISA
     case Isa::Avx512: return avx512::q_sample_fn(dtype);
     case Isa::Avx2: return avx2::q_sample_fn(dtype);
+#endif
     default: return base::q_sample_fn(dtype);
   }
 }
@@ -48,8 +52,10 @@ diffloops::QSampleSamplesFn q_sample_samples_fn(DType dtype) {
     default: break;
   }
   switch (active_isa()) {
+#ifdef KEXUE_CPU_MULTI_ISA
     case Isa::Avx512: return avx512::q_sample_samples_fn(dtype);
     case Isa::Avx2: return avx2::q_sample_samples_fn(dtype);
+#endif
     default: return base::q_sample_samples_fn(dtype);
   }
 }

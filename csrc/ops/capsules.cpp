@@ -47,11 +47,11 @@ caps::Problem problem_of(const at::Tensor& u, caps::Squash squash, int64_t itera
   return p;
 }
 
-// Whether the forward keeps its per-iteration state for the backward: asked for, on the CPU (the
-// CUDA kernels recompute), and no larger than u_hat itself (python/kexue/ops/capsules.py's fake
-// kernel applies the same rule).
+// Whether the forward keeps its per-iteration state for the backward: asked for, served by the
+// CPU kernels (the CUDA kernels, also under the emulator, recompute), and no larger than u_hat
+// itself (python/kexue/ops/capsules.py's fake kernel applies the same rule).
 bool keeps_state(const at::Tensor& u, int64_t iterations, bool save_state) {
-  if (!save_state || !u.device().is_cpu()) return false;
+  if (!save_state || !u.device().is_cpu() || gpu_launchers(u)) return false;
   const int64_t per = caps::state_size(iterations, u.size(1), u.size(2), u.size(3));
   return per * static_cast<int64_t>(c10::elementSize(acc_dtype(u.scalar_type()))) <=
          u.size(1) * u.size(2) * u.size(3) * static_cast<int64_t>(u.element_size());
@@ -89,9 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_routing_forward(const at:
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::dynamic_routing_forward_workspace(a), u);
     check_cuda_launch(cuda::dynamic_routing_forward(a, launch.stream()), kOp);
-    // The emulator serves CPU tensors with the CUDA kernels, which keep no state: the shape
-    // follows the device (as the fake kernel sees it), the contents are zeros and unread.
-    return {v, c, state.zero_()};
+    return {v, c, state};  // empty: the CUDA kernels keep no state
   }
 #endif
   cpu::dynamic_routing_forward(a);
@@ -112,8 +110,9 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
   if (state.has_value()) check_like(u_hat, "u_hat", *state, op, "state", /*same_dtype=*/false);
   const bool given = state.has_value() && state->numel() > 0;  // empty: the forward kept none
   if (given) {
-    TORCH_CHECK(u_hat.device().is_cpu(), op, ": state must be empty for u_hat on ", u_hat.device(),
-                " (the CUDA kernels recompute the routing)");
+    TORCH_CHECK(u_hat.device().is_cpu() && !gpu_launchers(u_hat), op,
+                ": state must be empty where the CUDA kernels serve u_hat (on ", u_hat.device(),
+                "; they recompute the routing)");
     TORCH_CHECK(state->scalar_type() == acc_dtype(u_hat.scalar_type()) && state->dim() == 2 &&
                     state->size(0) == B && state->size(1) == caps::state_size(iterations, n_in, n_out, D),
                 op, ": state must be the forward's [", B, ", ", caps::state_size(iterations, n_in, n_out, D),

@@ -68,11 +68,12 @@ em::Problem problem_of(const Shape& s, const at::Tensor& votes, const at::Tensor
   return p;
 }
 
-// Whether the forward keeps its history for the backward: asked for, on the CPU (the CUDA kernels
-// recompute), and no larger than the votes (python/kexue/ops/em_routing.py's fake kernel applies
-// the same rule).
+// Whether the forward keeps its history for the backward: asked for, served by the CPU kernels
+// (the CUDA kernels, also under the emulator, recompute), and no larger than the votes
+// (python/kexue/ops/em_routing.py's fake kernel applies the same rule).
 bool keeps_state(const Shape& s, int64_t iterations, bool save_state, const at::Tensor& votes) {
-  return save_state && votes.device().is_cpu() && em::history_scratch(iterations, s.I, s.J, s.H) <= s.I * s.J * s.H;
+  return save_state && votes.device().is_cpu() && !gpu_launchers(votes) &&
+         em::history_scratch(iterations, s.I, s.J, s.H) <= s.I * s.J * s.H;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
@@ -100,9 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> em_routing_forward(const at::Tens
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::em_routing_forward_workspace(a), V);
     check_cuda_launch(cuda::em_routing_forward(a, launch.stream()), kOp);
-    // The emulator serves CPU tensors with the CUDA kernels, which keep no state: the shape
-    // follows the device (as the fake kernel sees it), the contents are zeros and unread.
-    return {mu, a_out, state.zero_()};
+    return {mu, a_out, state};  // empty: the CUDA kernels keep no state
   }
 #endif
   cpu::em_routing_forward(a);
@@ -119,8 +118,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
   const bool given = state.has_value() && state->numel() > 0;  // empty: the forward kept none
   if (given) {
     const int64_t size = em::history_scratch(iterations, s.I, s.J, s.H);
-    TORCH_CHECK(votes.device().is_cpu(), op, ": state must be empty for votes on ", votes.device(),
-                " (the CUDA kernels recompute the iterations)");
+    TORCH_CHECK(votes.device().is_cpu() && !gpu_launchers(votes), op,
+                ": state must be empty where the CUDA kernels serve votes (on ", votes.device(),
+                "; they recompute the iterations)");
     TORCH_CHECK(state->dim() == 2 && state->size(0) == s.B && state->size(1) == size, op,
                 ": state must be the forward's [", s.B, ", ", size, "] tensor, got ", state->sizes());
   }

@@ -56,6 +56,7 @@ def _suite_names() -> List[str]:
 
 def cmd_bench(args) -> int:
     from kexue.bench import SUITES, format_table, machine_info, run_cases, write_json
+    from kexue.bench.harness import pin_allocator
 
     names = list(SUITES) if args.op in (None, "all") else [args.op]
     unknown = [n for n in names if n not in SUITES]
@@ -66,6 +67,8 @@ def cmd_bench(args) -> int:
 
         check_device(args.device)
     device = args.device or _default_device()
+    if not device.startswith("cuda"):
+        pin_allocator()  # before any case allocates: see its docstring
     cases = [c for n in names for c in SUITES[n](device)]
     info = machine_info(device)
     print(f"# kexue bench on {info.get('gpu', info['cpu'])} ({device}), torch {info['torch']}, "

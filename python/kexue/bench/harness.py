@@ -70,10 +70,11 @@ _allocator_pinned = False
 
 
 def pin_allocator() -> bool:
-    """Keep freed CPU memory mapped (glibc: no mmap'd blocks, trim threshold raised, which also
-    stops the adaptive thresholds). Otherwise a variant whose step frees and re-allocates a few MB
+    """Keep freed CPU memory mapped (glibc: mmap'd blocks off, except where a thread's own arena
+    cannot hold a block; heap trimming off; both stop the adaptive thresholds). Otherwise a variant whose step frees and re-allocates a few MB
     pays page faults in some rounds and not others (0.99–2.7× for the same case across runs).
-    Returns whether the settings took effect; True on every later call."""
+    Returns whether the settings took effect; True on every later call. For the whole process and
+    not undoable, so benchmark entry points call it, not the harness."""
     global _allocator_pinned
     if _allocator_pinned:
         return True
@@ -154,8 +155,6 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
     alike instead of skewing one ratio; ``{label}_spread`` is (max − min) / median over the rounds.
     ``compile_modes``: which of COMPILE_MODES to run (when ``compile_reference``).
     """
-    if not device.startswith("cuda"):
-        pin_allocator()
     results = []
     bw = copy_bandwidth(device) if device.startswith("cuda") else None
     for case in cases:

@@ -41,6 +41,12 @@ def check(cond, op: str, *parts) -> None:
     torch._check(cond, lambda: op + ": " + "".join(str(p) for p in parts))
 
 
+def on_cuda_kernels(t: torch.Tensor) -> bool:
+    """Whether the CUDA kernels serve t: on CUDA, or on the CPU through the emulator (the glue's
+    gpu_launchers())."""
+    return t.device.type == "cuda" or (t.device.type == "cpu" and _C.cpu_backend() == "simt")
+
+
 def fail(op: str, *parts) -> None:
     check(False, op, *parts)
 

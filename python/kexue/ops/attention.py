@@ -217,17 +217,13 @@ def _check_kernel_args(q, k, v, inv_freq, rope_scale, positions, segment_ids, ma
                 B, ", ", H, ", ", Lq, ", ", Lk, "], got ", C.sizes(attn_mask))
 
 
-def _on_cuda_kernels(t):
-    return t.device.type == "cuda" or (t.device.type == "cpu" and _C.cpu_backend() == "simt")
-
-
 @torch.library.register_fake("kexue::rope_attention")
 def _rope_attention_fake(q, k, v, inv_freq, rope_scale, interleaved, positions, causal, segment_ids, mask_rule,
                          key_lengths, attn_mask, scale):
     op = "kexue.rope_attention"
     _check_kernel_args(q, k, v, inv_freq, rope_scale, positions, segment_ids, mask_rule, key_lengths, attn_mask,
                        scale, op)
-    if q.numel() > 0 and _on_cuda_kernels(q):
+    if q.numel() > 0 and C.on_cuda_kernels(q):
         C.check(q.shape[3] <= 256, op, "the CUDA kernels take head dimensions up to 256, got ", q.shape[3])
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
 

@@ -89,7 +89,7 @@ def _keeps_state(u_hat, iterations, save_state):
     _, n_in, n_out, D = u_hat.shape
     acc = acc_dtype(u_hat.dtype)
     # meta tensors stand for CPU ones here (fake tensors carry their real device)
-    return (save_state and u_hat.device.type != "cuda" and _state_size(iterations, n_in, n_out, D) * acc.itemsize
+    return (save_state and not C.on_cuda_kernels(u_hat) and _state_size(iterations, n_in, n_out, D) * acc.itemsize
             <= n_in * n_out * D * u_hat.element_size())
 
 
@@ -115,8 +115,8 @@ def _dynamic_routing_backward_fake(grad_v, u_hat, iterations, squash, detach_rou
         C.like(u_hat, "u_hat", state, op, "state", same_dtype=False)
     if state is not None and state.numel() > 0:
         size = _state_size(iterations, n_in, n_out, D)
-        C.check(u_hat.device.type != "cuda", op, "state must be empty for u_hat on ", u_hat.device,
-                " (the CUDA kernels recompute the routing)")
+        C.check(not C.on_cuda_kernels(u_hat), op, "state must be empty where the CUDA kernels serve u_hat (on ",
+                u_hat.device, "; they recompute the routing)")
         C.check(state.dtype == acc_dtype(u_hat.dtype) and state.dim() == 2 and state.shape[0] == B
                 and state.shape[1] == size, op, "state must be the forward's [", B, ", ", size, "] ",
                 C.dtype_name(acc_dtype(u_hat.dtype)), " tensor, got ", C.sizes(state), " ", C.dtype_name(state.dtype))

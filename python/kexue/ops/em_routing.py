@@ -128,7 +128,7 @@ def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps,
     B, n_in, n_out, H = votes.shape
     size = _history_size(iterations, n_in, n_out, H)
     # csrc/ops/em_routing.cpp's keeps_state(); meta tensors stand for CPU ones here
-    keeps = save_state and votes.device.type != "cuda" and size <= n_in * n_out * H
+    keeps = save_state and not C.on_cuda_kernels(votes) and size <= n_in * n_out * H
     state = votes.new_empty((B, size) if keeps else (0,))
     return votes.new_empty((B, n_out, H)), votes.new_empty((B, n_out)), state
 
@@ -142,8 +142,8 @@ def _em_routing_backward_fake(grad_mu, grad_a, votes, a_in, beta_u, beta_a, iter
         C.like(votes, "votes", state, op, "state")
     if state is not None and state.numel() > 0:
         size = _history_size(iterations, votes.shape[1], votes.shape[2], votes.shape[3])
-        C.check(votes.device.type != "cuda", op, "state must be empty for votes on ", votes.device,
-                " (the CUDA kernels recompute the iterations)")
+        C.check(not C.on_cuda_kernels(votes), op, "state must be empty where the CUDA kernels serve votes (on ",
+                votes.device, "; they recompute the iterations)")
         C.check(state.dim() == 2 and state.shape[0] == votes.shape[0] and state.shape[1] == size, op,
                 "state must be the forward's [", votes.shape[0], ", ", size, "] tensor, got ", C.sizes(state))
     C.like(votes, "votes", grad_mu, op, "grad_mu")
