@@ -6,7 +6,6 @@
 // scores, and split the head dimension for the accumulators. Online softmax as in flash-attention;
 // key blocks that the structured masks hide entirely are skipped. No L×L buffer.
 #include <algorithm>
-#include <type_traits>
 
 #include "cuda/attention_tc.h"
 #include "cuda/common.cuh"
@@ -254,17 +253,18 @@ template <typename T, typename A> void rotate_qk(const attn::Args& a, A* qr, A* 
       static_cast<const T*>(a.k), kr, krows, a.Hkv, a.Lk, a.d, 0, a.rope, false);
 }
 
-// The tensor-core backward after its row dots; fp32 accumulation only (tc::supported refuses fp64).
+// The tensor-core backward after its row dots. tc::supported admits fp16/bf16 only, whose
+// accumulation type is float; the switch instantiates every dtype, each with its own
+// accumulation type, so that no kernel template is named without being defined here.
 int tc_backward(const attn::GradArgs& g, cudaStream_t st) {
   const attn::Args& a = g.fwd;
   const int64_t qrows = a.B * a.H * a.Lq;
-  float* Dv = tc::backward_dots(a);
+  void* Dv = tc::backward_dots(a);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    if constexpr (std::is_same<acc_t<T>, float>::value) {
-      if (qrows)
-        KX_LAUNCH(static_cast<unsigned>((qrows + kWarps - 1) / kWarps), kWarps * 32, 0, st, dot_do_o_kernel<T, float>)(
-            g, nullptr, Dv, qrows);
-    }
+    using A = acc_t<T>;
+    if (qrows)
+      KX_LAUNCH(static_cast<unsigned>((qrows + kWarps - 1) / kWarps), kWarps * 32, 0, st, dot_do_o_kernel<T, A>)(
+          g, nullptr, static_cast<A*>(Dv), qrows);
   });
   return tc::backward(g, st);
 }
