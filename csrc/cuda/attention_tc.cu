@@ -43,7 +43,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 // Rows of the streamed tile: 64, and 32 in the backward with d > 64, where the dK and dV (or dQ)
 // accumulators already take 2·d/2 registers per thread.
-template <int D> __host__ __device__ constexpr int fwd_cols() { return 64; }
+constexpr int kFwdCols = 64;
 template <int D> __host__ __device__ constexpr int bwd_cols() { return D > 64 ? 32 : 64; }
 
 template <int D> __host__ __device__ constexpr size_t tile_bytes(int rows) { return size_t(rows) * (D + kPad) * 2; }
@@ -80,6 +80,13 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row0, in
     const bool in = row0 + r < n;
     ptx::cp_async<16>(dst + r * (D + kPad) + c * 8, src + (in ? (row0 + r) * D + c * 8 : 0), in ? 16 : 0);
   }
+}
+
+// Key tile t (N keys) of K and V into buffer buf of the double-buffered Ks/Vs ([2][N][D + kPad]).
+template <typename T, int D, int N>
+__device__ __forceinline__ void load_kv(T* Ks, T* Vs, const T* K, const T* V, int64_t t, int64_t Lk, int buf) {
+  load_tile<T, D>(Ks + buf * N * (D + kPad), K, t * N, Lk, N);
+  load_tile<T, D>(Vs + buf * N * (D + kPad), V, t * N, Lk, N);
 }
 
 // The RoPE of one call: cos and sin of every (position, pair), and how pairs are laid out.
@@ -139,6 +146,28 @@ template <int D> __device__ __forceinline__ void unrotate(float (&acc)[D / 8][4]
           attn::rotate_cs(acc[n][2 * hr + e], acc[n + D / 16][2 * hr + e], c.x, c.y, r.scale, true);
         }
     }
+  }
+}
+
+// A gradient's epilogue: the accumulator times scale, rotated back when rot is given (row r at
+// position index row[r] + pos_offset), stored as T to dst + row·D; row[r] < 0: outside the matrix.
+template <typename T, int D>
+__device__ __forceinline__ void store_grad(T* dst, float (&acc)[D / 8][4], const int64_t (&row)[2], float scale,
+                                           const Rot* rot, int64_t pos_offset) {
+  const int tig = threadIdx.x & 3;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[n][e] *= scale;
+  if (rot && rot->cs) {
+    const int64_t pos[2] = {row[0] < 0 ? -1 : row[0] + pos_offset, row[1] < 0 ? -1 : row[1] + pos_offset};
+    unrotate<D>(acc, *rot, pos);
+  }
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    if (row[hr] < 0) continue;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) store2(dst + row[hr] * D + 8 * n + 2 * tig, acc[n][2 * hr], acc[n][2 * hr + 1]);
   }
 }
 
@@ -255,11 +284,11 @@ __device__ __forceinline__ int64_t kv_head_of(const attn::Args& a, int64_t bh) {
 // Forward: a block owns 64 query rows of one (sample, head); warp w owns rows 16w..16w+15 and
 // keeps their Q fragments in registers.
 
-template <int D> constexpr size_t forward_smem() { return tile_bytes<D>(kRows) + 4 * tile_bytes<D>(fwd_cols<D>()); }
+template <int D> constexpr size_t forward_smem() { return tile_bytes<D>(kRows) + 4 * tile_bytes<D>(kFwdCols); }
 
 template <typename T, int D>
 __device__ void forward_tile(const attn::Args& a, const float2* table, int64_t bh) {
-  constexpr int N = fwd_cols<D>(), LD = D + kPad, NT = N / 8, DT = D / 8;
+  constexpr int N = kFwdCols, LD = D + kPad, NT = N / 8, DT = D / 8;
   KX_DYNAMIC_SHARED(unsigned char, smem, 128);
   T* Qs = reinterpret_cast<T*>(smem);
   T* Ks = Qs + kRows * LD;  // [2][N][LD]
@@ -281,17 +310,12 @@ __device__ void forward_tile(const attn::Args& a, const float2* table, int64_t b
 
   load_tile<T, D>(Qs, static_cast<const T*>(a.q) + bh * a.Lq * D, i0, a.Lq, kRows);
   int64_t t = next_key_tile(a, b, i0, i1, 0, N);
-  if (t >= 0) {
-    load_tile<T, D>(Ks, K, t * N, a.Lk, N);
-    load_tile<T, D>(Vs, V, t * N, a.Lk, N);
-  }
+  if (t >= 0) load_kv<T, D, N>(Ks, Vs, K, V, t, a.Lk, 0);
   ptx::cp_async_commit();
   for (int buf = 0, first = 1; t >= 0; buf ^= 1, first = 0) {
     const int64_t next = next_key_tile(a, b, i0, i1, t + 1, N), j0 = t * N;
-    if (next >= 0) {  // the other buffer was released by the barrier closing the previous tile
-      load_tile<T, D>(Ks + (buf ^ 1) * N * LD, K, next * N, a.Lk, N);
-      load_tile<T, D>(Vs + (buf ^ 1) * N * LD, V, next * N, a.Lk, N);
-    }
+    // the other buffer was released by the barrier closing the previous tile
+    if (next >= 0) load_kv<T, D, N>(Ks, Vs, K, V, next, a.Lk, buf ^ 1);
     ptx::cp_async_commit();
     ptx::cp_async_wait<1>();  // this tile (and Q) landed for this thread's copies
     __syncthreads();          // ... and for everyone's
@@ -480,25 +504,9 @@ __device__ void dkdv_tile(const attn::GradArgs& gr, const float2* table, const f
   }
   ptx::cp_async_wait<0>();
 
-  const float scale = static_cast<float>(a.scale);
-#pragma unroll
-  for (int n = 0; n < DT; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[n][e] *= scale;
-  const int64_t pos[2] = {wj0 + g < a.Lk ? wj0 + g : -1, wj0 + g + 8 < a.Lk ? wj0 + g + 8 : -1};
-  if (rot.cs) unrotate<D>(dk, rot, pos);
-  T* gk = static_cast<T*>(gr.grad_k) + bhk * a.Lk * D;
-  T* gv = static_cast<T*>(gr.grad_v) + bhk * a.Lk * D;
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    if (pos[hr] < 0) continue;
-    const int64_t j = pos[hr];
-#pragma unroll
-    for (int n = 0; n < DT; ++n) {
-      store2(gk + j * D + 8 * n + 2 * tig, dk[n][2 * hr], dk[n][2 * hr + 1]);
-      store2(gv + j * D + 8 * n + 2 * tig, dv[n][2 * hr], dv[n][2 * hr + 1]);
-    }
-  }
+  const int64_t rows[2] = {wj0 + g < a.Lk ? wj0 + g : -1, wj0 + g + 8 < a.Lk ? wj0 + g + 8 : -1};
+  store_grad<T, D>(static_cast<T*>(gr.grad_k) + bhk * a.Lk * D, dk, rows, static_cast<float>(a.scale), &rot, 0);
+  store_grad<T, D>(static_cast<T*>(gr.grad_v) + bhk * a.Lk * D, dv, rows, 1.0f, nullptr, 0);
 }
 
 template <typename T, int D>
@@ -544,17 +552,11 @@ __device__ void dq_tile(const attn::GradArgs& gr, const float2* table, const flo
   load_tile<T, D>(Qs, static_cast<const T*>(a.q) + bh * a.Lq * D, i0, a.Lq, kRows);
   load_tile<T, D>(dOs, static_cast<const T*>(gr.grad_out) + bh * a.Lq * D, i0, a.Lq, kRows);
   int64_t t = next_key_tile(a, b, i0, i1, 0, N);
-  if (t >= 0) {
-    load_tile<T, D>(Ks, K, t * N, a.Lk, N);
-    load_tile<T, D>(Vs, V, t * N, a.Lk, N);
-  }
+  if (t >= 0) load_kv<T, D, N>(Ks, Vs, K, V, t, a.Lk, 0);
   ptx::cp_async_commit();
   for (int buf = 0, first = 1; t >= 0; buf ^= 1, first = 0) {
     const int64_t next = next_key_tile(a, b, i0, i1, t + 1, N), j0 = t * N;
-    if (next >= 0) {
-      load_tile<T, D>(Ks + (buf ^ 1) * N * LD, K, next * N, a.Lk, N);
-      load_tile<T, D>(Vs + (buf ^ 1) * N * LD, V, next * N, a.Lk, N);
-    }
+    if (next >= 0) load_kv<T, D, N>(Ks, Vs, K, V, next, a.Lk, buf ^ 1);
     ptx::cp_async_commit();
     ptx::cp_async_wait<1>();
     __syncthreads();
@@ -587,22 +589,9 @@ __device__ void dq_tile(const attn::GradArgs& gr, const float2* table, const flo
   }
   ptx::cp_async_wait<0>();
 
-  const float scale = static_cast<float>(a.scale);
-#pragma unroll
-  for (int n = 0; n < DT; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dq[n][e] *= scale;
-  const int64_t pos[2] = {wi0 + g < a.Lq ? wi0 + g + a.mask.offset : -1,
-                          wi0 + g + 8 < a.Lq ? wi0 + g + 8 + a.mask.offset : -1};
-  if (rot.cs) unrotate<D>(dq, rot, pos);
-  T* gq = static_cast<T*>(gr.grad_q) + bh * a.Lq * D;
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int64_t i = wi0 + g + 8 * hr;
-    if (i >= a.Lq) continue;
-#pragma unroll
-    for (int n = 0; n < DT; ++n) store2(gq + i * D + 8 * n + 2 * tig, dq[n][2 * hr], dq[n][2 * hr + 1]);
-  }
+  const int64_t rows[2] = {wi0 + g < a.Lq ? wi0 + g : -1, wi0 + g + 8 < a.Lq ? wi0 + g + 8 : -1};
+  store_grad<T, D>(static_cast<T*>(gr.grad_q) + bh * a.Lq * D, dq, rows, static_cast<float>(a.scale), &rot,
+                   a.mask.offset);
 }
 
 template <typename T, int D>
