@@ -60,7 +60,7 @@ def test_kept_history_gives_the_recomputed_gradients():
     grads = []
     for save in (True, False):
         mu, ao, state = torch.ops.kexue.em_routing(V, a, bu, ba, 3, 0.5, 1e-6, save)
-        assert state.shape == ((3, 3 * (40 * 5 + 2 * 5 * 16 + 4 * 5)) if save else (0,))
+        assert state.shape == ((3, 3 * (40 * 5 + 3 * 5 * 16 + 4 * 5)) if save else (0,))
         grads.append(torch.ops.kexue.em_routing_backward(gmu, ga, V, a, bu, ba, 3, 0.5, 1e-6, state if save else None))
     for x, y in zip(*grads):
         assert torch.equal(x, y)

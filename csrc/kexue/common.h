@@ -9,6 +9,13 @@
 #else
 #define KX_HOST_DEVICE static inline
 #endif
+// Marks a loop over lanes of registers (a fixed-size local array) for the host's vectoriser; GCC
+// otherwise splits such arrays into scalars. Nothing on the device.
+#if defined(__CUDACC__)
+#define KX_SIMD
+#else
+#define KX_SIMD _Pragma("omp simd")
+#endif
 
 #include <cmath>
 #include <cstdint>

@@ -90,14 +90,14 @@ struct GradArgs : Problem {
 // Scratch of one sample in units of the acc type. The history is also the state a forward keeps
 // for its backward (when asked for, on the CPU, and no larger than the votes).
 KX_HOST_DEVICE int64_t history_scratch(int64_t T, int64_t I, int64_t J, int64_t H) {
-  return T * (I * J + 2 * J * H + 4 * J);  // R, mu, var, S, a, log a, Σ½log var
+  return T * (I * J + 3 * J * H + 4 * J);  // R, mu, var, 1/var, S, a, log a, Σ½log var
 }
 KX_HOST_DEVICE int64_t backward_scratch(int64_t T, int64_t I, int64_t J, int64_t H) {
   return history_scratch(T, I, J, H) + I * J + 2 * J * H + 2 * J;  // gR, gmu, gvar, ga, gla
 }
 
 template <typename A> struct History {
-  A *R, *mu, *var, *S, *a, *la, *lv;
+  A *R, *mu, *var, *iv, *S, *a, *la, *lv;
 };
 // Carves the per-iteration history out of one sample's scratch.
 template <typename A>
@@ -106,77 +106,104 @@ KX_HOST_DEVICE History<A> make_history(A* base, int64_t T, int64_t I, int64_t J,
   h.R = base;
   h.mu = h.R + T * I * J;
   h.var = h.mu + T * J * H;
-  h.S = h.var + T * J * H;
+  h.iv = h.var + T * J * H;
+  h.S = h.iv + T * J * H;
   h.a = h.S + T * J;
   h.la = h.a + T * J;
   h.lv = h.la + T * J;
   return h;
 }
 
-template <typename A>
-KX_HOST_DEVICE void m_step(const A* V, const A* ain, const A* R, const A* bu, const A* ba, A lam,
-                           A eps, int64_t I, int64_t J, int64_t H, A* mu, A* var, A* S, A* a,
-                           A* la, A* lv) {
-  for (int64_t k = 0; k < J * H; ++k) mu[k] = var[k] = A(0);
-  for (int64_t j = 0; j < J; ++j) S[j] = A(0);
-  for (int64_t i = 0; i < I; ++i)
-    for (int64_t j = 0; j < J; ++j) {
-      const A w = R[i * J + j] * ain[i];
-      const A* v = V + (i * J + j) * H;
-      S[j] += w;
-      for (int64_t h = 0; h < H; ++h) mu[j * H + h] += w * v[h];
-    }
-  for (int64_t j = 0; j < J; ++j) {
-    const A inv = A(1) / (S[j] + A(kDenomEps));
-    for (int64_t h = 0; h < H; ++h) mu[j * H + h] *= inv;
-  }
-  for (int64_t i = 0; i < I; ++i)
-    for (int64_t j = 0; j < J; ++j) {
-      const A w = R[i * J + j] * ain[i];
-      const A* v = V + (i * J + j) * H;
-      for (int64_t h = 0; h < H; ++h) {
-        const A d = v[h] - mu[j * H + h];
-        var[j * H + h] += w * d * d;
-      }
-    }
-  for (int64_t j = 0; j < J; ++j) {
-    const A inv = A(1) / (S[j] + A(kDenomEps));
-    A l = A(0);
-    for (int64_t h = 0; h < H; ++h) {
-      var[j * H + h] = var[j * H + h] * inv + eps;
-      l += A(0.5) * log_(var[j * H + h]);
-    }
-    lv[j] = l;
-    const A cost = (A(H) * bu[j] + l) * S[j];
-    sigmoid_and_log(lam * (ba[j] - cost), a + j, la + j);
-  }
+// Σ_{h<n} f(h) in one fixed order on the host and the device: eight interleaved partial sums
+// (h mod 8) and a fixed pairwise tree. A plain running sum over a pose would stay scalar on the
+// CPU (the compiler may not reassociate it); this one is a vector of eight lanes.
+template <typename A, typename F> KX_HOST_DEVICE A lane_sum(int64_t n, F f) {
+  A p[8] = {A(0), A(0), A(0), A(0), A(0), A(0), A(0), A(0)};
+  int64_t h = 0;
+  for (; h + 8 <= n; h += 8)
+    for (int k = 0; k < 8; ++k) p[k] += f(h + k);
+  for (int k = 0; h + k < n; ++k) p[k] += f(h + k);
+  return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
 }
 
-template <typename A>
-KX_HOST_DEVICE void e_step(const A* V, const A* mu, const A* var, const A* la, const A* lv,
-                           int64_t I, int64_t J, int64_t H, A* Rn) {
-  const A c = A(H) * A(kHalfLog2Pi);
+// The parts below are what both loop nests share: the CPU runs them capsule by capsule (a
+// capsule's column of votes stays in L1 between its two passes), the GPU block gives each part
+// to its own thread (csrc/cuda/em_routing.cu). Sums over inputs i run in order i = 0, 1, ...
+// The column parts take W consecutive pose entries from h0 and keep their sums in registers: the
+// CPU passes W = 16 (one AVX-512 vector; a running sum through memory would serialise on
+// store-to-load forwarding), the tail and the GPU W = 1. Each entry's arithmetic is the same for
+// every W.
+constexpr int kPoseChunk = 16;
+
+// M-step of output capsule j for pose entries [h0, h0 + W): mu, var (eps added) and 1/var of
+// those entries (mu, var, iv point at capsule j's row); returns S_j = Σ_i R_ij a_i.
+template <int W, typename A>
+KX_HOST_DEVICE A m_column(const A* V, const A* ain, const A* R, A eps, int64_t I, int64_t J, int64_t H, int64_t j,
+                          int64_t h0, A* mu, A* var, A* iv) {
+  A m[W], q[W];
+  for (int k = 0; k < W; ++k) m[k] = q[k] = A(0);
+  A S = A(0);
   for (int64_t i = 0; i < I; ++i) {
-    A* z = Rn + i * J;
-    A m = A(0);
-    for (int64_t j = 0; j < J; ++j) {
-      const A* v = V + (i * J + j) * H;
-      A q = A(0);
-      for (int64_t h = 0; h < H; ++h) {
-        const A d = v[h] - mu[j * H + h];
-        q += d * d / var[j * H + h];
-      }
-      z[j] = la[j] - A(0.5) * q - lv[j] - c;
-      m = (j == 0 || z[j] > m) ? z[j] : m;
-    }
-    A sum = A(0);
-    for (int64_t j = 0; j < J; ++j) {
-      z[j] = kx::exp(z[j] - m);
-      sum += z[j];
-    }
-    const A inv = A(1) / sum;
-    for (int64_t j = 0; j < J; ++j) z[j] *= inv;
+    const A w = R[i * J + j] * ain[i];
+    const A* v = V + (i * J + j) * H + h0;
+    S += w;
+    KX_SIMD for (int k = 0; k < W; ++k) m[k] += w * v[k];
   }
+  const A inv = A(1) / (S + A(kDenomEps));
+  for (int k = 0; k < W; ++k) m[k] *= inv;
+  for (int64_t i = 0; i < I; ++i) {
+    const A w = R[i * J + j] * ain[i];
+    const A* v = V + (i * J + j) * H + h0;
+    KX_SIMD for (int k = 0; k < W; ++k) {
+      const A d = v[k] - m[k];
+      q[k] += w * d * d;
+    }
+  }
+  for (int k = 0; k < W; ++k) {
+    const A vk = q[k] * inv + eps;
+    mu[h0 + k] = m[k];
+    var[h0 + k] = vk;
+    iv[h0 + k] = A(1) / vk;
+  }
+  return S;
+}
+
+// The activation of capsule j once its whole var row is known: lv = Σ_h ½ log var, a, log a.
+template <typename A>
+KX_HOST_DEVICE void m_activation(const A* var, A S, A bu, A ba, A lam, int64_t H, A* a, A* la, A* lv) {
+  A l = A(0);
+  for (int64_t h = 0; h < H; ++h) l += A(0.5) * log_(var[h]);
+  *lv = l;
+  const A cost = (A(H) * bu + l) * S;
+  sigmoid_and_log(lam * (ba - cost), a, la);
+}
+
+// E-step logit z_ij of vote v = V_ij against capsule j (mu, iv: its rows).
+template <typename A>
+KX_HOST_DEVICE A e_logit(const A* v, const A* mu, const A* iv, int64_t H, A la, A lv) {
+  const A q = lane_sum<A>(H, [&](int64_t h) {
+    const A d = v[h] - mu[h];
+    return d * d * iv[h];
+  });
+  return la - A(0.5) * q - lv - A(H) * A(kHalfLog2Pi);
+}
+
+// Row i of R from its logits z, in place: the max-subtracted softmax over j, in three steps so
+// that the CPU can run the exponentials of all rows as one vector loop (the GPU gives each row
+// to a thread and runs all three).
+template <typename A> KX_HOST_DEVICE void softmax_shift(A* z, int64_t J) {
+  A m = z[0];
+  for (int64_t j = 1; j < J; ++j) m = z[j] > m ? z[j] : m;
+  for (int64_t j = 0; j < J; ++j) z[j] -= m;
+}
+template <typename A> KX_HOST_DEVICE void exp_in_place(A* z, int64_t n) {
+  KX_SIMD for (int64_t k = 0; k < n; ++k) z[k] = kx::exp(z[k]);
+}
+template <typename A> KX_HOST_DEVICE void softmax_normalise(A* e, int64_t J) {
+  A sum = A(0);
+  for (int64_t j = 0; j < J; ++j) sum += e[j];
+  const A inv = A(1) / sum;
+  for (int64_t j = 0; j < J; ++j) e[j] *= inv;
 }
 
 template <typename A>
@@ -186,12 +213,90 @@ KX_HOST_DEVICE void forward_sample(const A* V, const A* ain, const A* bu, const 
   const int64_t IJ = I * J, JH = J * H;
   for (int64_t k = 0; k < IJ; ++k) hs.R[k] = A(1) / A(J);
   for (int64_t t = 0; t < T; ++t) {
-    m_step(V, ain, hs.R + t * IJ, bu, ba, lambda_at(lam_final, t, T), eps, I, J, H, hs.mu + t * JH,
-           hs.var + t * JH, hs.S + t * J, hs.a + t * J, hs.la + t * J, hs.lv + t * J);
-    if (t + 1 < T)
-      e_step(V, hs.mu + t * JH, hs.var + t * JH, hs.la + t * J, hs.lv + t * J, I, J, H,
-             hs.R + (t + 1) * IJ);
+    const A lam = lambda_at(lam_final, t, T);
+    const A *R = hs.R + t * IJ;
+    A *mu = hs.mu + t * JH, *var = hs.var + t * JH, *iv = hs.iv + t * JH;
+    for (int64_t j = 0; j < J; ++j) {
+      A S = A(0);
+      int64_t h0 = 0;
+      for (; h0 + kPoseChunk <= H; h0 += kPoseChunk)
+        S = m_column<kPoseChunk>(V, ain, R, eps, I, J, H, j, h0, mu + j * H, var + j * H, iv + j * H);
+      for (; h0 < H; ++h0) S = m_column<1>(V, ain, R, eps, I, J, H, j, h0, mu + j * H, var + j * H, iv + j * H);
+      hs.S[t * J + j] = S;
+      m_activation(var + j * H, S, bu[j], ba[j], lam, H, hs.a + t * J + j, hs.la + t * J + j, hs.lv + t * J + j);
+    }
+    if (t + 1 == T) break;
+    A* Rn = hs.R + (t + 1) * IJ;
+    for (int64_t j = 0; j < J; ++j)
+      for (int64_t i = 0; i < I; ++i)
+        Rn[i * J + j] = e_logit(V + (i * J + j) * H, mu + j * H, iv + j * H, H, hs.la[t * J + j], hs.lv[t * J + j]);
+    for (int64_t i = 0; i < I; ++i) softmax_shift(Rn + i * J, J);
+    exp_in_place(Rn, IJ);
+    for (int64_t i = 0; i < I; ++i) softmax_normalise(Rn + i * J, J);
   }
+}
+
+// Backward of the E-step, first half: dL/dR^(t+1) of row i becomes dL/dz in place.
+template <typename A> KX_HOST_DEVICE void softmax_row_grad(const A* r, A* g, int64_t J) {
+  A dot = A(0);
+  for (int64_t j = 0; j < J; ++j) dot += r[j] * g[j];
+  for (int64_t j = 0; j < J; ++j) g[j] = r[j] * (g[j] - dot);
+}
+
+// Backward of the E-step into capsule j's pose entries [h0, h0 + W) through every logit z_ij,
+// gz = dL/dz (column j of a row-major [I, J]): gmu, gvar (capsule j's rows) gain their terms;
+// dL/dV of each vote loses the same term as gmu.
+template <int W, typename A>
+KX_HOST_DEVICE void e_column_grad(const A* V, const A* mu, const A* iv, const A* gz, int64_t I, int64_t J,
+                                  int64_t H, int64_t j, int64_t h0, A* gmu, A* gvar, A* gV) {
+  A m[W], ivl[W], gm[W], gq[W];
+  for (int k = 0; k < W; ++k) {
+    m[k] = mu[h0 + k];
+    ivl[k] = iv[h0 + k];
+    gm[k] = gmu[h0 + k];
+    gq[k] = gvar[h0 + k];
+  }
+  for (int64_t i = 0; i < I; ++i) {
+    const A g = gz[i * J + j];
+    const A* v = V + (i * J + j) * H + h0;
+    A* gv = gV + (i * J + j) * H + h0;
+    KX_SIMD for (int k = 0; k < W; ++k) {
+      const A inv = ivl[k];
+      const A d = v[k] - m[k];
+      gm[k] += g * d * inv;
+      gq[k] += g * (A(0.5) * d * d * inv * inv - A(0.5) * inv);
+      gv[k] -= g * d * inv;
+    }
+  }
+  for (int k = 0; k < W; ++k) {
+    gmu[h0 + k] = gm[k];
+    gvar[h0 + k] = gq[k];
+  }
+}
+
+// dL/dC_j of M-step t from dL/da_j and dL/dlog a_j (a = sigmoid(lam (beta_a - C))).
+template <typename A> KX_HOST_DEVICE A cost_grad(A ga, A gla, A a, A lam) {
+  return -lam * (ga * a * (A(1) - a) + gla * (A(1) - a));
+}
+
+// Backward of M-step t into capsule j's pose entry h through its cost (gC), before the votes'.
+template <typename A>
+KX_HOST_DEVICE void m_pose_grad(A gC, A S, A mu, A var, A* gmu, A* gvar) {
+  const A invD = A(1) / (S + A(kDenomEps));
+  *gvar += gC * S * A(0.5) / var;
+  *gmu -= A(2) * *gvar * mu * A(kDenomEps) * invD;
+}
+
+// Backward of M-step t into vote V_ij (rows v, mu, var of capsule j; gmu, gvar its full
+// gradients): adds to gv and returns dL/dw_ij less dL/dS_j.
+template <typename A>
+KX_HOST_DEVICE A m_vote_grad(const A* v, const A* mu, const A* var, const A* gmu, const A* gvar, A w, A invD, A eps,
+                             int64_t H, A* __restrict__ gv) {
+  for (int64_t h = 0; h < H; ++h) gv[h] += w * (A(2) * gvar[h] * (v[h] - mu[h]) + gmu[h]) * invD;
+  return invD * lane_sum<A>(H, [&](int64_t h) {
+    const A d = v[h] - mu[h];
+    return gvar[h] * (d * d - (var[h] - eps)) + gmu[h] * d;
+  });
 }
 
 // gV, gain, gbu, gba are outputs of this sample (overwritten); gmu_out/ga_out the incoming grads.
@@ -218,60 +323,36 @@ KX_HOST_DEVICE void backward_sample(const A* V, const A* ain, const A* bu, const
     gla[j] = A(0);
   }
   for (int64_t t = T - 1; t >= 0; --t) {
-    const A *mu = hs.mu + t * JH, *var = hs.var + t * JH, *R = hs.R + t * IJ;
+    const A *mu = hs.mu + t * JH, *var = hs.var + t * JH, *iv = hs.iv + t * JH, *R = hs.R + t * IJ;
+    const A *S = hs.S + t * J, *a = hs.a + t * J;
     if (t + 1 < T) {  // E-step t: gR holds dL/dR^(t+1)
       const A* Rn = hs.R + (t + 1) * IJ;
-      for (int64_t i = 0; i < I; ++i) {
-        A* g = gR + i * J;
-        const A* r = Rn + i * J;
-        A dot = A(0);
-        for (int64_t j = 0; j < J; ++j) dot += r[j] * g[j];
-        for (int64_t j = 0; j < J; ++j) {
-          const A gz = r[j] * (g[j] - dot);
-          gla[j] += gz;
-          const A* v = V + (i * J + j) * H;
-          A* gv = gV + (i * J + j) * H;
-          for (int64_t h = 0; h < H; ++h) {
-            const A inv = A(1) / var[j * H + h];
-            const A d = v[h] - mu[j * H + h];
-            gmu[j * H + h] += gz * d * inv;
-            gvar[j * H + h] += gz * (A(0.5) * d * d * inv * inv - A(0.5) * inv);
-            gv[h] -= gz * d * inv;
-          }
-        }
+      for (int64_t i = 0; i < I; ++i) softmax_row_grad(Rn + i * J, gR + i * J, J);
+      for (int64_t j = 0; j < J; ++j) {
+        for (int64_t i = 0; i < I; ++i) gla[j] += gR[i * J + j];
+        int64_t h0 = 0;
+        for (; h0 + kPoseChunk <= H; h0 += kPoseChunk)
+          e_column_grad<kPoseChunk>(V, mu + j * H, iv + j * H, gR, I, J, H, j, h0, gmu + j * H, gvar + j * H, gV);
+        for (; h0 < H; ++h0) e_column_grad<1>(V, mu + j * H, iv + j * H, gR, I, J, H, j, h0, gmu + j * H, gvar + j * H, gV);
       }
     }
     // M-step t. ga is reused for gS_j and gla for 1/D_j once consumed.
     const A lam = lambda_at(lam_final, t, T);
     for (int64_t j = 0; j < J; ++j) {
-      const A a = hs.a[t * J + j], S = hs.S[t * J + j];
-      const A gx = ga[j] * a * (A(1) - a) + gla[j] * (A(1) - a);
-      gba[j] += lam * gx;
-      const A gC = -lam * gx;
-      gbu[j] += gC * S * A(H);
-      const A invD = A(1) / (S + A(kDenomEps));
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t k = j * H + h;
-        gvar[k] += gC * S * A(0.5) / var[k];
-        gmu[k] -= A(2) * gvar[k] * mu[k] * A(kDenomEps) * invD;
-      }
+      const A gC = cost_grad(ga[j], gla[j], a[j], lam);
+      gba[j] -= gC;
+      gbu[j] += gC * S[j] * A(H);
+      for (int64_t h = 0; h < H; ++h)
+        m_pose_grad(gC, S[j], mu[j * H + h], var[j * H + h], gmu + j * H + h, gvar + j * H + h);
       ga[j] = gC * (A(H) * bu[j] + hs.lv[t * J + j]);  // gS
-      gla[j] = invD;
+      gla[j] = A(1) / (S[j] + A(kDenomEps));
     }
     for (int64_t i = 0; i < I; ++i) {
       A acc = A(0);
       for (int64_t j = 0; j < J; ++j) {
-        const A* v = V + (i * J + j) * H;
-        A* gv = gV + (i * J + j) * H;
-        const A r = R[i * J + j], w = r * ain[i], invD = gla[j];
-        A gw = A(0);
-        for (int64_t h = 0; h < H; ++h) {
-          const int64_t k = j * H + h;
-          const A d = v[h] - mu[k];
-          gw += gvar[k] * (d * d - (var[k] - eps)) + gmu[k] * d;
-          gv[h] += w * (A(2) * gvar[k] * d + gmu[k]) * invD;
-        }
-        gw = ga[j] + gw * invD;
+        const A r = R[i * J + j];
+        const A gw = ga[j] + m_vote_grad(V + (i * J + j) * H, mu + j * H, var + j * H, gmu + j * H, gvar + j * H,
+                                         r * ain[i], gla[j], eps, H, gV + (i * J + j) * H);
         gR[i * J + j] = gw * ain[i];
         acc += gw * r;
       }

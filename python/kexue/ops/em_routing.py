@@ -119,7 +119,7 @@ def _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, op
 
 def _history_size(T, I, J, H):
     """csrc/kexue/em_routing.h's history_scratch: the per-sample state a forward keeps."""
-    return T * (I * J + 2 * J * H + 4 * J)
+    return T * (I * J + 3 * J * H + 4 * J)
 
 
 @torch.library.register_fake("kexue::em_routing")
