@@ -178,6 +178,23 @@ def test_deterministic(device):
         assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("shape", [(2100, 3, 2, 2), (2, 5, 20, 16)])
+def test_work_beyond_one_pass_of_the_block(device, shape):
+    """The GPU runs a block per sample, its threads striding over pose entries, votes and
+    capsules: 2100 samples make blocks stride over the batch (reusing their workspace slice), and
+    20 capsules × 16 entries give each thread more than one entry of the M-step."""
+    ins = make_inputs(*shape, device=device, requires_grad=True)
+    refs = [t.detach().clone().requires_grad_() for t in ins]
+    out = em_routing(*ins, 3, final_lambda=0.5)
+    ref = reference_em_routing(*refs, 3, final_lambda=0.5)
+    for x, y in zip(out, ref):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    g = torch.Generator().manual_seed(2)
+    cot = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(device) for t in out]
+    for x, y in zip(torch.autograd.grad(out, ins, cot), torch.autograd.grad(ref, refs, cot)):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
+
+
 def test_empty_batch(device):
     V, a, bu, ba = make_inputs(0, 3, 2, 4, device=device)
     mu, ao = em_routing(V, a, bu, ba)

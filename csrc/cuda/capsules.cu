@@ -3,8 +3,6 @@
 // logits, couplings and capsule states in a per-block workspace ([N_in, N_out] and [N_out, D]
 // slices): nothing of size [N_in, N_out, D] is written except the final gradient. All sums run in
 // a fixed order (no atomics): bitwise reproducible.
-#include <algorithm>
-
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "kexue/dispatch.h"
@@ -15,17 +13,8 @@ namespace {
 
 using caps::Squash;
 
-// Blocks stride over the batch, each with its own workspace slice: at most 2048 blocks, and no
-// more than keep the whole workspace within kScratchBudget (the CapsNet backward needs ~330 KB a
-// block: 2048 blocks would take 674 MB) unless that leaves fewer than kMinBlocks.
-constexpr int64_t kMaxBlocks = 2048;
-constexpr int64_t kMinBlocks = 264;  // two per SM of an H200
-constexpr int64_t kScratchBudget = int64_t(256) << 20;
-
-unsigned grid_for(int64_t batch, int64_t block_bytes) {
-  const int64_t by_budget = std::max<int64_t>(kMinBlocks, kScratchBudget / std::max<int64_t>(1, block_bytes));
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min({batch, kMaxBlocks, by_budget})));
-}
+// Blocks stride over the batch (batch_grid): the CapsNet backward needs ~330 KB a block, so 2048
+// blocks would take 674 MB; the budget keeps the workspace to 256 MB.
 
 // out[jd] = Σ_i w[i, j] u[i, jd] (jd = j·D + d). For P = N_out·D ≤ kThreads the block is split
 // into kThreads/P stripes over i, each thread owning one jd (reads coalesced along jd); the
@@ -207,14 +196,14 @@ int64_t backward_block_bytes(const caps::GradArgs& a) {
 size_t dynamic_routing_forward_workspace(const caps::Args& a) {
   if (a.batch == 0) return 0;
   const int64_t bytes = forward_block_bytes(a);
-  return static_cast<size_t>(grid_for(a.batch, bytes)) * static_cast<size_t>(bytes);
+  return static_cast<size_t>(batch_grid(a.batch, bytes)) * static_cast<size_t>(bytes);
 }
 
 int dynamic_routing_forward(const caps::Args& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    KX_LAUNCH(grid_for(a.batch, forward_block_bytes(a)), kThreads, 0, st, forward_kernel<T>)(a);
+    KX_LAUNCH(batch_grid(a.batch, forward_block_bytes(a)), kThreads, 0, st, forward_kernel<T>)(a);
   });
   return last_error();
 }
@@ -222,14 +211,14 @@ int dynamic_routing_forward(const caps::Args& a, void* stream) {
 size_t dynamic_routing_backward_workspace(const caps::GradArgs& a) {
   if (a.batch == 0) return 0;
   const int64_t bytes = backward_block_bytes(a);
-  return static_cast<size_t>(grid_for(a.batch, bytes)) * static_cast<size_t>(bytes);
+  return static_cast<size_t>(batch_grid(a.batch, bytes)) * static_cast<size_t>(bytes);
 }
 
 int dynamic_routing_backward(const caps::GradArgs& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    KX_LAUNCH(grid_for(a.batch, backward_block_bytes(a)), kThreads, 0, st, backward_kernel<T>)(a);
+    KX_LAUNCH(batch_grid(a.batch, backward_block_bytes(a)), kThreads, 0, st, backward_kernel<T>)(a);
   });
   return last_error();
 }

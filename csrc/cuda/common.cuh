@@ -73,6 +73,21 @@ inline unsigned capped_grid_y(int64_t n) {
 }
 
 constexpr int kThreads = 256;
+
+// Grid for kernels whose blocks stride over the batch, each block with its own workspace slice
+// of block_bytes: at most kMaxBatchBlocks blocks, and no more than keep the whole workspace
+// within kBatchScratchBudget unless that leaves fewer than kMinBatchBlocks.
+constexpr int64_t kMaxBatchBlocks = 2048;
+constexpr int64_t kMinBatchBlocks = 264;  // two per SM of an H200
+constexpr int64_t kBatchScratchBudget = int64_t(256) << 20;
+
+inline unsigned batch_grid(int64_t batch, int64_t block_bytes) {
+  int64_t by_budget = kBatchScratchBudget / (block_bytes > 1 ? block_bytes : 1);
+  by_budget = by_budget > kMinBatchBlocks ? by_budget : kMinBatchBlocks;
+  int64_t n = batch < kMaxBatchBlocks ? batch : kMaxBatchBlocks;
+  n = n < by_budget ? n : by_budget;
+  return static_cast<unsigned>(n > 1 ? n : 1);
+}
 static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block_sum assumes whole warps");
 
 // Sum over the block (launched with blockDim.x = kThreads); the result is valid in thread 0.

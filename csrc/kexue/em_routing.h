@@ -1,5 +1,5 @@
 // EM routing between matrix capsules (Hinton, Sabour & Frosst 2018): the per-sample math shared by
-// the CPU kernel (one at::parallel_for task per sample) and the CUDA kernel (one thread per sample).
+// the CPU kernel (one at::parallel_for task per sample) and the CUDA kernel (one block per sample).
 // For one sample, V [I, J, H] (I = N_in, J = N_out, H = pose size), a_in [I], beta_u/beta_a [J]:
 //   R = 1/J; for t = 0 .. T-1, with lambda_t = final_lambda·(t+1)/T (linear ramp):
 //     M-step: w_ij = R_ij a_i; S_j = Σ_i w_ij; D_j = S_j + kDenomEps;
