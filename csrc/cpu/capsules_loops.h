@@ -48,8 +48,7 @@ static void row_dots(const T* u, const A* x, A* out, bool accumulate, int64_t n_
     for (int64_t j = 0; j < n_out; ++j) {
       const T* uij = u + (i * n_out + j) * dim;
       const A* xj = x + j * dim;
-      A acc = A(0);
-      for (int64_t d = 0; d < dim; ++d) acc += static_cast<A>(uij[d]) * xj[d];
+      const A acc = lane_sum<A>(dim, [&](int64_t d) { return static_cast<A>(uij[d]) * xj[d]; });
       out[i * n_out + j] = accumulate ? out[i * n_out + j] + acc : acc;
     }
   }

@@ -150,6 +150,19 @@ KX_HOST_DEVICE double sqrt_(double x) {
 #endif
 }
 
+// Σ_{h<n} f(h) in one fixed order on the host and the device: eight interleaved partial sums
+// (h mod 8) and a fixed pairwise tree. A plain running sum (a dot product over a capsule, say)
+// stays scalar on the CPU, since the compiler may not reassociate it; this one is a vector of
+// eight lanes.
+template <typename A, typename F> KX_HOST_DEVICE A lane_sum(int64_t n, F f) {
+  A p[8] = {A(0), A(0), A(0), A(0), A(0), A(0), A(0), A(0)};
+  int64_t h = 0;
+  for (; h + 8 <= n; h += 8)
+    for (int k = 0; k < 8; ++k) p[k] += f(h + k);
+  for (int k = 0; h + k < n; ++k) p[k] += f(h + k);
+  return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+}
+
 template <typename A> KX_HOST_DEVICE A abs(A x) { return x < A(0) ? -x : x; }
 template <typename A> KX_HOST_DEVICE A min(A a, A b) { return a < b ? a : b; }
 

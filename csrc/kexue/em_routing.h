@@ -114,18 +114,6 @@ KX_HOST_DEVICE History<A> make_history(A* base, int64_t T, int64_t I, int64_t J,
   return h;
 }
 
-// Σ_{h<n} f(h) in one fixed order on the host and the device: eight interleaved partial sums
-// (h mod 8) and a fixed pairwise tree. A plain running sum over a pose would stay scalar on the
-// CPU (the compiler may not reassociate it); this one is a vector of eight lanes.
-template <typename A, typename F> KX_HOST_DEVICE A lane_sum(int64_t n, F f) {
-  A p[8] = {A(0), A(0), A(0), A(0), A(0), A(0), A(0), A(0)};
-  int64_t h = 0;
-  for (; h + 8 <= n; h += 8)
-    for (int k = 0; k < 8; ++k) p[k] += f(h + k);
-  for (int k = 0; h + k < n; ++k) p[k] += f(h + k);
-  return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
-}
-
 // The parts below are what both loop nests share: the CPU runs them capsule by capsule (a
 // capsule's column of votes stays in L1 between its two passes), the GPU block gives each part
 // to its own thread (csrc/cuda/em_routing.cu). Sums over inputs i run in order i = 0, 1, ...
@@ -181,7 +169,7 @@ KX_HOST_DEVICE void m_activation(const A* var, A S, A bu, A ba, A lam, int64_t H
 // E-step logit z_ij of vote v = V_ij against capsule j (mu, iv: its rows).
 template <typename A>
 KX_HOST_DEVICE A e_logit(const A* v, const A* mu, const A* iv, int64_t H, A la, A lv) {
-  const A q = lane_sum<A>(H, [&](int64_t h) {
+  const A q = kx::lane_sum<A>(H, [&](int64_t h) {
     const A d = v[h] - mu[h];
     return d * d * iv[h];
   });
@@ -293,7 +281,7 @@ template <typename A>
 KX_HOST_DEVICE A m_vote_grad(const A* v, const A* mu, const A* var, const A* gmu, const A* gvar, A w, A invD, A eps,
                              int64_t H, A* __restrict__ gv) {
   for (int64_t h = 0; h < H; ++h) gv[h] += w * (A(2) * gvar[h] * (v[h] - mu[h]) + gmu[h]) * invD;
-  return invD * lane_sum<A>(H, [&](int64_t h) {
+  return invD * kx::lane_sum<A>(H, [&](int64_t h) {
     const A d = v[h] - mu[h];
     return gvar[h] * (d * d - (var[h] - eps)) + gmu[h] * d;
   });
