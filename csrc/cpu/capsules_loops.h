@@ -116,6 +116,26 @@ static void forward_sample(const caps::Problem& p, const void* up, void* vp, voi
   for (int64_t t = 0; t < NN; ++t) co[t] = static_cast<T>(c[t]);
 }
 
+// W entries of du_ij from entry jd = j·dim + d0 of the capsule states (see backward_sample).
+constexpr int kDuChunk = 8;
+template <int W, typename T, typename A>
+static void du_entries(const A* C, const A* G, const A* GS, const A* V, int64_t R, int64_t r_first, int64_t NN,
+                       int64_t P, int64_t ij, int64_t jd, T* out) {
+  A acc[W];
+  KX_SIMD for (int k = 0; k < W; ++k) acc[k] = A(0);
+  for (int64_t r = r_first; r < R; ++r) {
+    const A cr = C[r * NN + ij];
+    const A* gs = GS + r * P + jd;
+    KX_SIMD for (int k = 0; k < W; ++k) acc[k] += cr * gs[k];
+    if (r < R - 1) {
+      const A gr = G[(r + 1) * NN + ij];
+      const A* vr = V + r * P + jd;
+      KX_SIMD for (int k = 0; k < W; ++k) acc[k] += gr * vr[k];
+    }
+  }
+  KX_SIMD for (int k = 0; k < W; ++k) out[k] = static_cast<T>(acc[k]);
+}
+
 // The backward of one sample: gu [n_in, n_out, dim] in T from u and g = dL/dv; scratch of
 // caps::backward_scratch accumulation-type entries.
 template <typename T>
@@ -157,25 +177,15 @@ static void backward_sample(const caps::GradArgs& a, const void* up, const void*
     }
     squash_vjp_rows(S + (r - 1) * P, gv, GS + (r - 1) * P, n_out, dim, k);
   }
-  // du_ij = Σ_r c^(r)_ij gs^(r)_j + Σ_{r<R-1} G^(r+1)_ij v^(r)_j, vectorised over d
-  for (int64_t i = 0; i < n_in; ++i) {
-    for (int64_t j = 0; j < n_out; ++j) {
-      const int64_t ij = i * n_out + j;
-      A* acc = gv;  // free by now: reused as the [dim] accumulator
-      for (int64_t d = 0; d < dim; ++d) acc[d] = A(0);
-      for (int64_t r = r_first; r < R; ++r) {
-        const A cr = C[r * NN + ij];
-        const A* gs = GS + r * P + j * dim;
-        for (int64_t d = 0; d < dim; ++d) acc[d] += cr * gs[d];
-        if (r < R - 1) {
-          const A gr = G[(r + 1) * NN + ij];
-          const A* vr = V + r * P + j * dim;
-          for (int64_t d = 0; d < dim; ++d) acc[d] += gr * vr[d];
-        }
-      }
-      T* out = gu + ij * dim;
-      for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<T>(acc[d]);
-    }
+  // du_ij = Σ_r c^(r)_ij gs^(r)_j + Σ_{r<R-1} G^(r+1)_ij v^(r)_j, vectorised over d in register
+  // rows of kDuChunk entries (a row kept in memory would chain every update through a store).
+  for (int64_t ij = 0; ij < NN; ++ij) {
+    const int64_t j = ij % n_out;
+    T* out = gu + ij * dim;
+    int64_t d0 = 0;
+    for (; d0 + kDuChunk <= dim; d0 += kDuChunk)
+      du_entries<kDuChunk>(C, G, GS, V, R, r_first, NN, P, ij, j * dim + d0, out + d0);
+    for (; d0 < dim; ++d0) du_entries<1>(C, G, GS, V, R, r_first, NN, P, ij, j * dim + d0, out + d0);
   }
 }
 
