@@ -138,9 +138,9 @@ def dynamic_routing_backward(B, dev, dt):
 
 
 def em_routing(B, dev, dt):
-    # 40 input capsules: the history of 3 iterations is smaller than the votes and kept
-    a = torch.rand(B, 40, generator=_g(1), dtype=torch.float64).to(dev, dt).requires_grad_()
-    return [_rand((B, 40, 3, 4), dev, dt, grad=True), a, _rand((3,), dev, dt, 0.1, True, 2),
+    # 48 input capsules: the history of 3 iterations is no larger than the votes and kept
+    a = torch.rand(B, 48, generator=_g(1), dtype=torch.float64).to(dev, dt).requires_grad_()
+    return [_rand((B, 48, 3, 4), dev, dt, grad=True), a, _rand((3,), dev, dt, 0.1, True, 2),
             _rand((3,), dev, dt, 0.1, True, 3), 3, 0.5, 1e-6, True]
 
 

@@ -68,6 +68,9 @@ def test_kept_history_gives_the_recomputed_gradients():
     for x, y in zip(torch.autograd.grad(em_routing(*ins, 3, final_lambda=0.5), ins, (gmu, ga)), grads[0]):
         assert torch.equal(x, y)
     assert torch.ops.kexue.em_routing(V[:, :2], a[:, :2], bu, ba, 30, 0.5, 1e-6, True)[2].numel() == 0
+    from op_cases import em_routing_backward  # the contract tests run the kept-history path too
+
+    assert em_routing_backward(2, "cpu", torch.float32)[-1].numel() > 0
 
 
 @pytest.mark.skipif(not __import__("kexue").build_info()["simt"], reason="this build has no SIMT emulator")
@@ -178,11 +181,12 @@ def test_deterministic(device):
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("shape", [(2100, 3, 2, 2), (2, 5, 20, 16)])
+@pytest.mark.parametrize("shape", [(2100, 3, 2, 2), (2, 5, 20, 16), (2, 30, 10, 4), (2, 3, 2, 0)])
 def test_work_beyond_one_pass_of_the_block(device, shape):
     """The GPU runs a block per sample, its threads striding over pose entries, votes and
-    capsules: 2100 samples make blocks stride over the batch (reusing their workspace slice), and
-    20 capsules × 16 entries give each thread more than one entry of the M-step."""
+    capsules: 2100 samples make blocks stride over the batch (reusing their workspace slice),
+    20 capsules × 16 entries give each thread more than one pose entry, 30 × 10 more than one
+    vote; an empty pose leaves no pose entry at all."""
     ins = make_inputs(*shape, device=device, requires_grad=True)
     refs = [t.detach().clone().requires_grad_() for t in ins]
     out = em_routing(*ins, 3, final_lambda=0.5)

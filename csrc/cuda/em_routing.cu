@@ -33,6 +33,7 @@ __device__ void block_forward(const em::Problem& p, const A* V, const A* ain, em
       const A s = em::m_column<1>(V, ain, R, eps, I, J, H, j, h, mu + j * H, var + j * H, iv + j * H);
       if (h == 0) S[j] = s;
     }
+    if (H == 0) KX_BLOCK_FOR(j, J) S[j] = A(0);  // as on the CPU: no entry, no thread above
     __syncthreads();
     const A lam = em::lambda_at(A(p.final_lambda), t, T);
     KX_BLOCK_FOR(j, J) em::m_activation(var + j * H, S[j], bu[j], ba[j], lam, H, a + j, la + j, lv + j);

@@ -159,7 +159,8 @@ template <typename A, typename F> KX_HOST_DEVICE A lane_sum(int64_t n, F f) {
   int64_t h = 0;
   for (; h + 8 <= n; h += 8)
     for (int k = 0; k < 8; ++k) p[k] += f(h + k);
-  for (int k = 0; h + k < n; ++k) p[k] += f(h + k);
+  for (int k = 0; k < 8; ++k)  // constant indices keep p in registers on the GPU
+    if (h + k < n) p[k] += f(h + k);
   return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
 }
 
