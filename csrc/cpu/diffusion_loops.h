@@ -79,6 +79,17 @@ template <typename T> static void q_sample_run(const diff::QSampleArgs& a, int64
     out[j] = static_cast<T>(sa * static_cast<A>(x0[j]) + ss * static_cast<A>(e[j]));
 }
 
+// The elements of n samples of P each (PC: P as a constant, or 0 when not one of those).
+template <typename T, typename A, int PC>
+static void q_sample_elems(const T* __restrict__ x0, const T* __restrict__ e, const A* sa, const A* ss, int64_t n,
+                           int64_t P, T* __restrict__ out) {
+  const int64_t p = PC > 0 ? PC : P;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < p; ++j)
+      out[i * p + j] = static_cast<T>(sa[i] * static_cast<A>(x0[i * p + j]) + ss[i] * static_cast<A>(e[i * p + j]));
+}
+
 // Samples with few elements each (2-D points): the two square roots of a run of samples as one
 // vector loop over samples, then the elements; one call per run instead of one per sample.
 template <typename T> static void q_sample_samples(const diff::QSampleArgs& a, int64_t b0, int64_t b1) {
@@ -91,15 +102,19 @@ template <typename T> static void q_sample_samples(const diff::QSampleArgs& a, i
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       const double abar = diff::read(a.abar, r0 + i);
-      sa[i] = static_cast<A>(kx::sqrt_(abar));
-      ss[i] = static_cast<A>(kx::sqrt_(diff::clamp01(1.0 - abar)));
+      sa[i] = kx::sqrt_(static_cast<A>(abar));
+      ss[i] = kx::sqrt_(static_cast<A>(diff::clamp01(1.0 - abar)));
     }
-    const T* __restrict__ x0 = static_cast<const T*>(a.x0) + r0 * P;
-    const T* __restrict__ e = static_cast<const T*>(a.noise) + r0 * P;
-    T* __restrict__ out = static_cast<T*>(a.out) + r0 * P;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < P; ++j)
-        out[i * P + j] = static_cast<T>(sa[i] * static_cast<A>(x0[i * P + j]) + ss[i] * static_cast<A>(e[i * P + j]));
+    const T* x0 = static_cast<const T*>(a.x0) + r0 * P;
+    const T* e = static_cast<const T*>(a.noise) + r0 * P;
+    T* out = static_cast<T*>(a.out) + r0 * P;
+    switch (P) {  // a size known to the compiler lets it vectorise across samples
+      case 1: q_sample_elems<T, A, 1>(x0, e, sa, ss, n, P, out); break;
+      case 2: q_sample_elems<T, A, 2>(x0, e, sa, ss, n, P, out); break;
+      case 3: q_sample_elems<T, A, 3>(x0, e, sa, ss, n, P, out); break;
+      case 4: q_sample_elems<T, A, 4>(x0, e, sa, ss, n, P, out); break;
+      default: q_sample_elems<T, A, 0>(x0, e, sa, ss, n, P, out);
+    }
   }
 }
 
