@@ -43,7 +43,7 @@ def _per_sample(v, what: str) -> Tensor:
         return v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{what} must be a float or a tensor, got {type(v).__name__}")
-    return torch.tensor(float(v), dtype=torch.float64)
+    return torch.scalar_tensor(float(v), dtype=torch.float64)
 
 
 def _step_index(t) -> Tensor:
@@ -51,7 +51,17 @@ def _step_index(t) -> Tensor:
         return t
     if isinstance(t, bool) or not isinstance(t, int):
         raise TypeError(f"t must be an int or an integer tensor, got {type(t).__name__}")
-    return torch.tensor(t, dtype=torch.int64)
+    return torch.scalar_tensor(t, dtype=torch.int64)
+
+
+def _step(op, *args):
+    """op(*args), below the autograd layer when no tensor argument needs a gradient: the step
+    ops' autograd is registered in Python and costs more than a step on a 2-D batch."""
+    if torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
 
 
 def q_sample(x0: Tensor, noise: Tensor, alpha_bar: Union[Tensor, Number]) -> Tensor:
@@ -73,9 +83,8 @@ def ddpm_step(x_t: Tensor, eps: Tensor, t: Union[Tensor, int], alphas_cumprod: T
     posterior mean from it. ``return_x0`` also returns x̂0.
     Differentiable in ``x_t``, ``eps`` and ``noise`` (both outputs), not in ``alphas_cumprod``.
     """
-    out, x0 = torch.ops.kexue.ddpm_step(x_t, eps, _step_index(t), alphas_cumprod, noise, generator,
-                                        variance, None if clip_x0 is None else float(clip_x0),
-                                        bool(return_x0))
+    out, x0 = _step(torch.ops.kexue.ddpm_step.default, x_t, eps, _step_index(t), alphas_cumprod, noise,
+                    generator, variance, None if clip_x0 is None else float(clip_x0), bool(return_x0))
     return (out, x0) if return_x0 else out
 
 
@@ -89,10 +98,9 @@ def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Union[Tensor, Number],
     steps is DDPM with σ² = β̃. With ``clip_x0``, ε is re-derived from the clipped x̂0.
     Differentiable in ``x_t``, ``eps`` and ``noise`` (both outputs), not in the ᾱ's.
     """
-    out, x0 = torch.ops.kexue.ddim_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
-                                        _per_sample(alpha_bar_prev, "alpha_bar_prev"), float(eta), noise,
-                                        generator, None if clip_x0 is None else float(clip_x0),
-                                        bool(return_x0))
+    out, x0 = _step(torch.ops.kexue.ddim_step.default, x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
+                    _per_sample(alpha_bar_prev, "alpha_bar_prev"), float(eta), noise, generator,
+                    None if clip_x0 is None else float(clip_x0), bool(return_x0))
     return (out, x0) if return_x0 else out
 
 
@@ -101,8 +109,8 @@ def ode_euler_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Union[Tensor, Number],
     """Euler step of the probability-flow ODE (Song et al. 2021) written in x̄ = x/√ᾱ and
     σ = √((1−ᾱ)/ᾱ), where it reads dx̄/dσ = ε(x, σ):  x̄' = x̄ + (σ' − σ)·eps. (It coincides
     with DDIM at η = 0.) Differentiable in ``x_t`` and ``eps``, not in the ᾱ's."""
-    return torch.ops.kexue.ode_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
-                                    _per_sample(alpha_bar_next, "alpha_bar_next"), None)
+    return _step(torch.ops.kexue.ode_step.default, x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
+                 _per_sample(alpha_bar_next, "alpha_bar_next"), None)
 
 
 def ode_heun_step(x_t: Tensor, eps: Tensor, eps_next: Tensor, alpha_bar_t: Union[Tensor, Number],
@@ -111,8 +119,8 @@ def ode_heun_step(x_t: Tensor, eps: Tensor, eps_next: Tensor, alpha_bar_t: Union
     ``ode_euler_step(x_t, eps, ...)``; the step uses the mean slope (eps + eps_next)/2.
     Differentiable in ``x_t``, ``eps`` and ``eps_next`` (taken as an input: the dependence of
     eps_next on x_t goes through the model call that made it)."""
-    return torch.ops.kexue.ode_step(x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
-                                    _per_sample(alpha_bar_next, "alpha_bar_next"), eps_next)
+    return _step(torch.ops.kexue.ode_step.default, x_t, eps, _per_sample(alpha_bar_t, "alpha_bar_t"),
+                 _per_sample(alpha_bar_next, "alpha_bar_next"), eps_next)
 
 
 # ---- fake kernels: csrc/ops/diffusion.cpp's checks of shapes, dtypes and devices (its checks of
