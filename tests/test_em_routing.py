@@ -51,12 +51,12 @@ def test_backward_matches_reference(device, dtype, iterations):
         torch.testing.assert_close(x, y, **tol)
 
 
-def test_kept_history_gives_the_recomputed_gradients():
+def test_kept_history_gives_the_recomputed_gradients(device):
     # The backward reads the forward's history instead of recomputing the EM iterations: the
     # same numbers, bit for bit; with many iterations the history outgrows the votes and is not kept.
-    V, a, bu, ba = make_inputs(3, 40, 5, 16, dtype=torch.float32)
+    V, a, bu, ba = make_inputs(3, 40, 5, 16, dtype=torch.float32, device=device)
     g = torch.Generator().manual_seed(4)
-    gmu, ga = torch.randn(3, 5, 16, generator=g), torch.randn(3, 5, generator=g)
+    gmu, ga = torch.randn(3, 5, 16, generator=g).to(device), torch.randn(3, 5, generator=g).to(device)
     grads = []
     for save in (True, False):
         mu, ao, state = torch.ops.kexue.em_routing(V, a, bu, ba, 3, 0.5, 1e-6, save)
@@ -74,19 +74,21 @@ def test_kept_history_gives_the_recomputed_gradients():
 
 
 @pytest.mark.skipif(not __import__("kexue").build_info()["simt"], reason="this build has no SIMT emulator")
-def test_forward_on_the_emulator_backward_on_the_cpu():
-    # The emulator runs the CUDA kernels, which keep no history: a backward that then runs on the
-    # CPU kernels recomputes the iterations instead of reading an empty (or zero) one.
+@pytest.mark.parametrize("forward_on", ["simt", "cpu"])
+def test_history_kept_by_one_backend_read_by_the_other(forward_on):
+    # The CUDA kernels (here on the emulator) and the CPU kernels keep the same history: a
+    # backward on either reads what a forward on the other kept.
     from conftest import on_backend
 
     ins = make_inputs(2, 40, 5, 16, requires_grad=True)
     refs = [t.detach().clone().requires_grad_() for t in ins]
     g = torch.Generator().manual_seed(6)
     gmu, ga = torch.randn(2, 5, 16, generator=g, dtype=torch.float64), torch.randn(2, 5, generator=g, dtype=torch.float64)
-    with on_backend("simt"):
+    with on_backend(forward_on):
         out = em_routing(*ins, 3, final_lambda=0.5)
-    for x, y in zip(torch.autograd.grad(out, ins, (gmu, ga)),
-                    torch.autograd.grad(reference_em_routing(*refs, 3, final_lambda=0.5), refs, (gmu, ga))):
+    with on_backend("cpu" if forward_on == "simt" else "simt"):
+        grads = torch.autograd.grad(out, ins, (gmu, ga))
+    for x, y in zip(grads, torch.autograd.grad(reference_em_routing(*refs, 3, final_lambda=0.5), refs, (gmu, ga))):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
 
 

@@ -2,7 +2,8 @@
 // threads sharing each step of the per-sample EM of csrc/kexue/em_routing.h: the M-step and the
 // E-step's backward by pose entry (j, h) (reads of the votes coalesced along j·H + h), the
 // E-step logits and the M-step's vote gradients by vote (i, j), softmaxes by input capsule i,
-// activations by output capsule j. The history lives in the block's global workspace slice.
+// activations by output capsule j. The history lives in the state when the forward keeps one
+// (and the backward then reads it instead of recomputing), otherwise in the block's workspace.
 // Each value is computed by one thread in a fixed order (no atomics, no cross-thread sums):
 // bitwise reproducible, and the same arithmetic as the CPU's loops.
 #include "cuda/common.cuh"
@@ -56,9 +57,10 @@ __device__ void block_forward(const em::Problem& p, const A* V, const A* ain, em
 
 template <typename A> __global__ void __launch_bounds__(kThreads) em_forward_kernel(em::Args p) {
   const int64_t T = p.iterations, I = p.n_in, J = p.n_out, H = p.dim;
-  A* base = static_cast<A*>(p.workspace) + blockIdx.x * em::history_scratch(T, I, J, H);
-  const em::History<A> hs = em::make_history(base, T, I, J, H);
+  const int64_t hist = em::history_scratch(T, I, J, H);
   for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) {
+    A* base = p.state ? static_cast<A*>(p.state) + b * hist : static_cast<A*>(p.workspace) + blockIdx.x * hist;
+    const em::History<A> hs = em::make_history(base, T, I, J, H);
     block_forward<A>(p, static_cast<const A*>(p.votes) + b * I * J * H, static_cast<const A*>(p.a_in) + b * I, hs);
     A* mu = static_cast<A*>(p.mu) + b * J * H;
     A* ao = static_cast<A*>(p.a_out) + b * J;
@@ -68,7 +70,8 @@ template <typename A> __global__ void __launch_bounds__(kThreads) em_forward_ker
   }
 }
 
-// The backward of one sample (csrc/kexue/em_routing.h's backward_sample, step by step).
+// The backward of one sample (csrc/kexue/em_routing.h's backward_sample, step by step); scratch
+// holds the recomputed history and then the gradients, or only the gradients with a kept state.
 template <typename A>
 __device__ void block_backward(const em::GradArgs& p, int64_t b, A* scratch) {
   const int64_t T = p.iterations, I = p.n_in, J = p.n_out, H = p.dim, IJ = I * J, JH = J * H;
@@ -82,10 +85,13 @@ __device__ void block_backward(const em::GradArgs& p, int64_t b, A* scratch) {
   A* gbu = static_cast<A*>(p.grad_beta_u) + b * J;
   A* gba = static_cast<A*>(p.grad_beta_a) + b * J;
   const A eps = A(p.eps);
-  const em::History<A> hs = em::make_history(scratch, T, I, J, H);
-  A* gR = scratch + em::history_scratch(T, I, J, H);
+  const int64_t hist = em::history_scratch(T, I, J, H);
+  const bool saved = p.state != nullptr;
+  const em::History<A> hs =
+      em::make_history(saved ? const_cast<A*>(static_cast<const A*>(p.state)) + b * hist : scratch, T, I, J, H);
+  A* gR = saved ? scratch : scratch + hist;
   A *gmu = gR + IJ, *gvar = gmu + JH, *ga = gvar + JH, *gla = ga + J;
-  block_forward<A>(p, V, ain, hs);
+  if (!saved) block_forward<A>(p, V, ain, hs);
   KX_BLOCK_FOR(k, IJ * H) gV[k] = A(0);
   KX_BLOCK_FOR(i, I) gain[i] = A(0);
   KX_BLOCK_FOR(k, JH) {
@@ -150,8 +156,12 @@ __device__ void block_backward(const em::GradArgs& p, int64_t b, A* scratch) {
   }
 }
 
+KX_HOST_DEVICE int64_t backward_block_entries(const em::GradArgs& p) {
+  return p.state ? em::grad_scratch(p.n_in, p.n_out, p.dim) : em::backward_scratch(p.iterations, p.n_in, p.n_out, p.dim);
+}
+
 template <typename A> __global__ void __launch_bounds__(kThreads) em_backward_kernel(em::GradArgs p) {
-  A* scratch = static_cast<A*>(p.workspace) + blockIdx.x * em::backward_scratch(p.iterations, p.n_in, p.n_out, p.dim);
+  A* scratch = static_cast<A*>(p.workspace) + blockIdx.x * backward_block_entries(p);
   for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) block_backward<A>(p, b, scratch);
 }
 
@@ -159,17 +169,17 @@ template <typename A> __global__ void __launch_bounds__(kThreads) em_backward_ke
 
 size_t em_acc_size(DType d) { return d == DType::F64 ? sizeof(double) : sizeof(float); }
 
-int64_t forward_block_bytes(const em::Problem& p) {
+int64_t forward_block_bytes(const em::Args& p) {  // without a state, a history per block
   return em::history_scratch(p.iterations, p.n_in, p.n_out, p.dim) * static_cast<int64_t>(em_acc_size(p.dtype));
 }
-int64_t backward_block_bytes(const em::Problem& p) {
-  return em::backward_scratch(p.iterations, p.n_in, p.n_out, p.dim) * static_cast<int64_t>(em_acc_size(p.dtype));
+int64_t backward_block_bytes(const em::GradArgs& p) {
+  return backward_block_entries(p) * static_cast<int64_t>(em_acc_size(p.dtype));
 }
 
 }  // namespace
 
 size_t em_routing_forward_workspace(const em::Args& a) {
-  if (a.batch == 0) return 0;
+  if (a.batch == 0 || a.state) return 0;
   const int64_t bytes = forward_block_bytes(a);
   return static_cast<size_t>(batch_grid(a.batch, bytes)) * static_cast<size_t>(bytes);
 }

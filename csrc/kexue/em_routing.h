@@ -74,7 +74,7 @@ struct Problem {
 struct Args : Problem {
   void* mu;     // [batch, n_out, dim]
   void* a_out;  // [batch, n_out]
-  void* state = nullptr;  // [batch, history_scratch] when given (CPU): the history is kept there
+  void* state = nullptr;  // [batch, history_scratch] when given: the history is kept there
 };
 
 struct GradArgs : Problem {
@@ -92,8 +92,11 @@ struct GradArgs : Problem {
 KX_HOST_DEVICE int64_t history_scratch(int64_t T, int64_t I, int64_t J, int64_t H) {
   return T * (I * J + 3 * J * H + 4 * J);  // R, mu, var, 1/var, S, a, log a, Σ½log var
 }
+KX_HOST_DEVICE int64_t grad_scratch(int64_t I, int64_t J, int64_t H) {
+  return I * J + 2 * J * H + 2 * J;  // gR, gmu, gvar, ga, gla
+}
 KX_HOST_DEVICE int64_t backward_scratch(int64_t T, int64_t I, int64_t J, int64_t H) {
-  return history_scratch(T, I, J, H) + I * J + 2 * J * H + 2 * J;  // gR, gmu, gvar, ga, gla
+  return history_scratch(T, I, J, H) + grad_scratch(I, J, H);  // a history recomputed, then gradients
 }
 
 template <typename A> struct History {

@@ -1,7 +1,7 @@
 // Glue for kexue::em_routing and kexue::em_routing_backward: argument checks, layout, routing to
-// the CPU or CUDA launcher, and the C++ autograd kernel (see ops/autograd.h). The backward
-// recomputes the EM iterations (keeping the per-iteration R, mu, var, a of one sample), so only
-// the inputs are saved.
+// the CPU or CUDA launcher, and the C++ autograd kernel (see ops/autograd.h). The backward reads
+// the forward's per-iteration history (R, mu, var, a, ...) when the forward kept one (no larger
+// than the votes), and otherwise recomputes the EM iterations.
 #include <torch/library.h>
 
 #include <cmath>
@@ -68,12 +68,10 @@ em::Problem problem_of(const Shape& s, const at::Tensor& votes, const at::Tensor
   return p;
 }
 
-// Whether the forward keeps its history for the backward: asked for, served by the CPU kernels
-// (the CUDA kernels, also under the emulator, recompute), and no larger than the votes
+// Whether the forward keeps its history for the backward: asked for, and no larger than the votes
 // (python/kexue/ops/em_routing.py's fake kernel applies the same rule).
-bool keeps_state(const Shape& s, int64_t iterations, bool save_state, const at::Tensor& votes) {
-  return save_state && votes.device().is_cpu() && !gpu_launchers(votes) &&
-         em::history_scratch(iterations, s.I, s.J, s.H) <= s.I * s.J * s.H;
+bool keeps_state(const Shape& s, int64_t iterations, bool save_state) {
+  return save_state && em::history_scratch(iterations, s.I, s.J, s.H) <= s.I * s.J * s.H;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> em_routing_forward(const at::Tensor& votes,
@@ -86,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> em_routing_forward(const at::Tens
                    ba = beta_a.contiguous();
   at::Tensor mu = at::empty({s.B, s.J, s.H}, V.options());
   at::Tensor a_out = at::empty({s.B, s.J}, V.options());
-  at::Tensor state = keeps_state(s, iterations, save_state, V)
+  at::Tensor state = keeps_state(s, iterations, save_state)
                          ? at::empty({s.B, em::history_scratch(iterations, s.I, s.J, s.H)}, V.options())
                          : at::empty({0}, V.options());
   if (s.B == 0 || s.J == 0) return {mu, a_out, state.zero_()};  // unread: the backward returns zeros
@@ -101,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> em_routing_forward(const at::Tens
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::em_routing_forward_workspace(a), V);
     check_cuda_launch(cuda::em_routing_forward(a, launch.stream()), kOp);
-    return {mu, a_out, state};  // empty: the CUDA kernels keep no state
+    return {mu, a_out, state};
   }
 #endif
   cpu::em_routing_forward(a);
@@ -118,9 +116,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
   const bool given = state.has_value() && state->numel() > 0;  // empty: the forward kept none
   if (given) {
     const int64_t size = em::history_scratch(iterations, s.I, s.J, s.H);
-    TORCH_CHECK(votes.device().is_cpu() && !gpu_launchers(votes), op,
-                ": state must be empty where the CUDA kernels serve votes (on ", votes.device(),
-                "; they recompute the iterations)");
     TORCH_CHECK(state->dim() == 2 && state->size(0) == s.B && state->size(1) == size, op,
                 ": state must be the forward's [", s.B, ", ", size, "] tensor, got ", state->sizes());
   }
@@ -150,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> em_routing_backward(
   a.grad_a_in = gain.data_ptr();
   a.grad_beta_u = gbu_b.data_ptr();
   a.grad_beta_a = gba_b.data_ptr();
-  a.state = given ? st.data_ptr() : nullptr;  // the CUDA kernels (and the emulator) recompute
+  a.state = given ? st.data_ptr() : nullptr;
 #ifdef KX_GPU_LAUNCHERS
   if (gpu_launchers(V)) {
     LaunchScope launch(V);

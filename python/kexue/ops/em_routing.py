@@ -2,8 +2,8 @@
 
 ``em_routing`` runs a fused kernel forward and backward (math in csrc/kexue/em_routing.h; the
 autograd kernel is registered in C++, csrc/ops/em_routing.cpp, and calls
-``kexue::em_routing_backward``; on the CPU the forward keeps the iterations' history when it is
-no larger than the votes, and the backward reads it, else it recomputes the EM iterations).
+``kexue::em_routing_backward``; the forward keeps the iterations' history when it is no larger
+than the votes, and the backward reads it, else it recomputes the EM iterations).
 ``reference_em_routing`` is the paper's procedure in plain PyTorch: the readable spec and the
 test oracle.
 
@@ -86,8 +86,8 @@ def em_routing(
     if pose_dim is not None and votes.shape[-1] != pose_dim:
         raise ValueError(f"{_OP}: votes' last dimension H = {votes.shape[-1]} does not match "
                          f"pose_dim = {pose_dim}")
-    # The forward keeps its history for the backward when one will run (CPU, within the votes'
-    # own size; otherwise the backward recomputes the iterations).
+    # The forward keeps its history for the backward when one will run (within the votes' own
+    # size; otherwise the backward recomputes the iterations).
     save_state = torch.is_grad_enabled() and any(
         isinstance(t, Tensor) and t.requires_grad for t in (votes, a_in, bu, ba))
     mu, a_out, _ = torch.ops.kexue.em_routing(votes, a_in, bu, ba, int(iterations), float(final_lambda),
@@ -128,7 +128,7 @@ def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps,
     B, n_in, n_out, H = votes.shape
     size = _history_size(iterations, n_in, n_out, H)
     # csrc/ops/em_routing.cpp's keeps_state(); meta tensors stand for CPU ones here
-    keeps = save_state and not C.on_cuda_kernels(votes) and size <= n_in * n_out * H
+    keeps = save_state and size <= n_in * n_out * H
     state = votes.new_empty((B, size) if keeps else (0,))
     return votes.new_empty((B, n_out, H)), votes.new_empty((B, n_out)), state
 
@@ -142,8 +142,6 @@ def _em_routing_backward_fake(grad_mu, grad_a, votes, a_in, beta_u, beta_a, iter
         C.like(votes, "votes", state, op, "state")
     if state is not None and state.numel() > 0:
         size = _history_size(iterations, votes.shape[1], votes.shape[2], votes.shape[3])
-        C.check(not C.on_cuda_kernels(votes), op, "state must be empty where the CUDA kernels serve votes (on ",
-                votes.device, "; they recompute the iterations)")
         C.check(state.dim() == 2 and state.shape[0] == votes.shape[0] and state.shape[1] == size, op,
                 "state must be the forward's [", votes.shape[0], ", ", size, "] tensor, got ", C.sizes(state))
     C.like(votes, "votes", grad_mu, op, "grad_mu")
