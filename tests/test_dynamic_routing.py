@@ -67,37 +67,39 @@ def test_every_cpu_isa_matches_reference(restore_cpu_isa, dim):
 
 
 @pytest.mark.parametrize("detach", [False, True])
-def test_saved_state_gives_the_recomputed_gradient(detach):
+def test_saved_state_gives_the_recomputed_gradient(device, detach):
     # The backward reads the forward's per-iteration state instead of recomputing the routing:
     # the same numbers, bit for bit; 60 iterations of (2, 4, 3, 2) would be larger than u_hat
     # itself, so that forward keeps none and the backward recomputes.
-    u = make_u((3, 12, 6, 8), torch.float32)
-    g = torch.randn(3, 6, 8, generator=torch.Generator().manual_seed(3))
+    u = make_u((3, 12, 6, 8), torch.float32, device=device)
+    g = torch.randn(3, 6, 8, generator=torch.Generator().manual_seed(3)).to(device)
     grads = []
     for save in (True, False):
         v, c, state = torch.ops.kexue.dynamic_routing(u, 3, "sabour", detach, save)
         assert state.shape == ((3, 3 * 12 * 6 + 2 * 3 * 6 * 8) if save else (0,)) and state.dtype == torch.float32
         grads.append(torch.ops.kexue.dynamic_routing_backward(g, u, 3, "sabour", detach, state if save else None))
     assert torch.equal(grads[0], grads[1])
-    ur = make_u((3, 12, 6, 8), torch.float32, requires_grad=True)
+    ur = make_u((3, 12, 6, 8), torch.float32, device=device, requires_grad=True)
     (gr,) = torch.autograd.grad(dynamic_routing(ur, 3, detach_routing=detach), ur, g)
     assert torch.equal(gr, grads[0])
-    small = make_u((2, 4, 3, 2))
+    small = make_u((2, 4, 3, 2), device=device)
     assert torch.ops.kexue.dynamic_routing(small, 60, "sabour", False, True)[2].numel() == 0
 
 
 @pytest.mark.skipif(not __import__("kexue").build_info()["simt"], reason="this build has no SIMT emulator")
-def test_forward_on_the_emulator_backward_on_the_cpu():
-    # The emulator runs the CUDA kernels, which keep no state: a backward that then runs on the
-    # CPU kernels recomputes the routing instead of reading an empty (or zero) state.
+@pytest.mark.parametrize("forward_on", ["simt", "cpu"])
+def test_state_kept_by_one_backend_read_by_the_other(forward_on):
+    # The CUDA kernels (here on the emulator) and the CPU kernels keep the same state: a backward
+    # on either reads what a forward on the other kept.
     from conftest import on_backend
 
     u = make_u((2, 30, 4, 8), requires_grad=True)
     ur = u.detach().clone().requires_grad_()
     g = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    with on_backend("simt"):
+    with on_backend(forward_on):
         v = dynamic_routing(u, 3)
-    (gu,) = torch.autograd.grad(v, u, g)
+    with on_backend("cpu" if forward_on == "simt" else "simt"):
+        (gu,) = torch.autograd.grad(v, u, g)
     (gr,) = torch.autograd.grad(reference_dynamic_routing(ur, 3), ur, g)
     torch.testing.assert_close(gu, gr, rtol=1e-10, atol=1e-11)
 

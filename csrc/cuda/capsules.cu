@@ -124,17 +124,31 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) forward_kernel(caps::Args a) {
   using A = acc_t<T>;
   const int64_t NN = a.n_in * a.n_out, P = a.n_out * a.dim;
+  const int64_t R = a.iterations;
   A* logits = static_cast<A*>(a.workspace) + blockIdx.x * caps::forward_scratch(a.n_in, a.n_out, a.dim);
-  A *C = logits + NN, *S = C + NN, *V = S + P;
   for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
     const T* u = static_cast<const T*>(a.u) + b * NN * a.dim;
-    route<T, A>(u, a.iterations, a.squash, a.n_in, a.n_out, a.dim, logits, C, S, V, false);
+    // Every iteration's c, s, v into the state when one is kept, else one slice each.
+    A* st = a.state ? static_cast<A*>(a.state) + b * caps::state_size(R, a.n_in, a.n_out, a.dim) : nullptr;
+    A* C = st ? st : logits + NN;
+    A* S = st ? C + R * NN : C + NN;
+    A* V = st ? S + R * P : S + P;
+    route<T, A>(u, R, a.squash, a.n_in, a.n_out, a.dim, logits, C, S, V, st != nullptr);
+    const A* c_last = st ? C + (R - 1) * NN : C;
+    const A* v_last = st ? V + (R - 1) * P : V;
     T* vo = static_cast<T*>(a.v) + b * P;
     T* co = static_cast<T*>(a.c) + b * NN;
-    for (int64_t t = threadIdx.x; t < P; t += kThreads) store(vo + t, V[t]);
-    for (int64_t t = threadIdx.x; t < NN; t += kThreads) store(co + t, C[t]);
+    for (int64_t t = threadIdx.x; t < P; t += kThreads) store(vo + t, v_last[t]);
+    for (int64_t t = threadIdx.x; t < NN; t += kThreads) store(co + t, c_last[t]);
     __syncthreads();
   }
+}
+
+// The backward's workspace per block: G^(r) [R, n_in, n_out], gs^(r) [R, n_out, dim], gv, and
+// before them, unless the forward kept its state, the recomputed logits, c^(r), s^(r), v^(r).
+KX_HOST_DEVICE int64_t backward_block_entries(const caps::GradArgs& a) {
+  const int64_t R = a.iterations, NN = a.n_in * a.n_out, P = a.n_out * a.dim;
+  return R * NN + R * P + P + (a.state ? 0 : NN + caps::state_size(R, a.n_in, a.n_out, a.dim));
 }
 
 template <typename T>
@@ -143,14 +157,19 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(caps::GradArgs a) {
   const int64_t R = a.iterations, n_in = a.n_in, n_out = a.n_out, dim = a.dim;
   const int64_t NN = n_in * n_out, P = n_out * dim;
   const A k = caps::squash_k<A>(a.squash);
-  A* logits = static_cast<A*>(a.workspace) + blockIdx.x * caps::backward_scratch(R, n_in, n_out, dim);
-  A *C = logits + NN, *G = C + R * NN, *S = G + R * NN;
-  A *V = S + R * P, *GS = V + R * P, *gv = GS + R * P;
+  A* w = static_cast<A*>(a.workspace) + blockIdx.x * backward_block_entries(a);
+  A* logits = w;  // only when recomputing
+  A* G = a.state ? w : w + NN + caps::state_size(R, n_in, n_out, dim);
+  A *GS = G + R * NN, *gv = GS + R * P;
   for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
     const T* u = static_cast<const T*>(a.u) + b * NN * dim;
     const T* g = static_cast<const T*>(a.grad_v) + b * P;
     T* gu = static_cast<T*>(a.grad_u) + b * NN * dim;
-    route<T, A>(u, R, a.squash, n_in, n_out, dim, logits, C, S, V, true);
+    // c^(r), s^(r), v^(r) of every iteration: the forward's state, or recomputed here.
+    A* C = a.state ? const_cast<A*>(static_cast<const A*>(a.state)) + b * caps::state_size(R, n_in, n_out, dim)
+                   : w + NN;
+    A *S = C + R * NN, *V = S + R * P;
+    if (!a.state) route<T, A>(u, R, a.squash, n_in, n_out, dim, logits, C, S, V, true);
     for (int64_t t = threadIdx.x; t < P; t += kThreads) gv[t] = load<A>(g + t);
     __syncthreads();
     const int64_t r_first = a.detach_routing ? R - 1 : 0;
@@ -188,7 +207,7 @@ int64_t forward_block_bytes(const caps::Args& a) {
 }
 
 int64_t backward_block_bytes(const caps::GradArgs& a) {
-  return caps::backward_scratch(a.iterations, a.n_in, a.n_out, a.dim) * static_cast<int64_t>(acc_size(a.dtype));
+  return backward_block_entries(a) * static_cast<int64_t>(acc_size(a.dtype));
 }
 
 }  // namespace

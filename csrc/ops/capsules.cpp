@@ -1,8 +1,8 @@
 // Glue for kexue::dynamic_routing and kexue::dynamic_routing_backward: argument checks, layout,
 // routing to the CPU or CUDA launcher, and the C++ autograd kernel (see ops/autograd.h).
-// On the CPU the forward keeps its per-iteration state (the [R, N_in, N_out] couplings and the
-// [R, N_out, D] s and v per sample) when it is no larger than u_hat, and the backward reads it;
-// otherwise (and on CUDA) the backward recomputes the forward per sample.
+// The forward keeps its per-iteration state (the [R, N_in, N_out] couplings and the [R, N_out, D]
+// s and v per sample) when it is no larger than u_hat, and the backward reads it; otherwise the
+// backward recomputes the forward per sample. CPU and CUDA kernels keep the same layout.
 #include <torch/library.h>
 
 #include "cpu/kernels.h"
@@ -47,11 +47,10 @@ caps::Problem problem_of(const at::Tensor& u, caps::Squash squash, int64_t itera
   return p;
 }
 
-// Whether the forward keeps its per-iteration state for the backward: asked for, served by the
-// CPU kernels (the CUDA kernels, also under the emulator, recompute), and no larger than u_hat
-// itself (python/kexue/ops/capsules.py's fake kernel applies the same rule).
+// Whether the forward keeps its per-iteration state for the backward: asked for, and no larger
+// than u_hat itself (python/kexue/ops/capsules.py's fake kernel applies the same rule).
 bool keeps_state(const at::Tensor& u, int64_t iterations, bool save_state) {
-  if (!save_state || !u.device().is_cpu() || gpu_launchers(u)) return false;
+  if (!save_state) return false;
   const int64_t per = caps::state_size(iterations, u.size(1), u.size(2), u.size(3));
   return per * static_cast<int64_t>(c10::elementSize(acc_dtype(u.scalar_type()))) <=
          u.size(1) * u.size(2) * u.size(3) * static_cast<int64_t>(u.element_size());
@@ -89,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_routing_forward(const at:
     at::Tensor ws;
     a.workspace = scratch(ws, cuda::dynamic_routing_forward_workspace(a), u);
     check_cuda_launch(cuda::dynamic_routing_forward(a, launch.stream()), kOp);
-    return {v, c, state};  // empty: the CUDA kernels keep no state
+    return {v, c, state};
   }
 #endif
   cpu::dynamic_routing_forward(a);
@@ -110,9 +109,6 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
   if (state.has_value()) check_like(u_hat, "u_hat", *state, op, "state", /*same_dtype=*/false);
   const bool given = state.has_value() && state->numel() > 0;  // empty: the forward kept none
   if (given) {
-    TORCH_CHECK(u_hat.device().is_cpu() && !gpu_launchers(u_hat), op,
-                ": state must be empty where the CUDA kernels serve u_hat (on ", u_hat.device(),
-                "; they recompute the routing)");
     TORCH_CHECK(state->scalar_type() == acc_dtype(u_hat.scalar_type()) && state->dim() == 2 &&
                     state->size(0) == B && state->size(1) == caps::state_size(iterations, n_in, n_out, D),
                 op, ": state must be the forward's [", B, ", ", caps::state_size(iterations, n_in, n_out, D),
@@ -129,7 +125,7 @@ at::Tensor dynamic_routing_backward(const at::Tensor& grad_v, const at::Tensor& 
   a.detach_routing = detach_routing;
   a.grad_v = g.data_ptr();
   a.grad_u = gu.data_ptr();
-  a.state = given ? st.data_ptr() : nullptr;  // the CUDA kernels (and the emulator) recompute
+  a.state = given ? st.data_ptr() : nullptr;
 #ifdef KX_GPU_LAUNCHERS
   if (gpu_launchers(u)) {
     LaunchScope launch(u);

@@ -2,8 +2,8 @@
 
 ``dynamic_routing`` runs a fused kernel forward and backward (math in csrc/kexue/capsules.h; the
 autograd kernel is registered in C++, csrc/ops/capsules.cpp, and calls
-``kexue::dynamic_routing_backward``; on the CPU the forward keeps each iteration's c, s and v
-when they are no larger than u_hat, and the backward reads them, else it recomputes the routing).
+``kexue::dynamic_routing_backward``; the forward keeps each iteration's c, s and v when they are
+no larger than u_hat, and the backward reads them, else it recomputes the routing).
 ``reference_dynamic_routing`` is the paper's pseudo-code in plain PyTorch: the readable spec and
 the test oracle.
 
@@ -60,7 +60,7 @@ def dynamic_routing(
     over N_out; not differentiable).
     """
     _check_args(u_hat, iterations, squash)
-    # The forward keeps its per-iteration state for the backward when one will run (CPU, within
+    # The forward keeps its per-iteration state for the backward when one will run (within
     # u_hat's own size; otherwise the backward recomputes the routing).
     save_state = torch.is_grad_enabled() and u_hat.requires_grad
     v, c, _ = torch.ops.kexue.dynamic_routing(u_hat, int(iterations), squash, bool(detach_routing), save_state)
@@ -85,12 +85,10 @@ def _state_size(iterations, n_in, n_out, D):
 
 
 def _keeps_state(u_hat, iterations, save_state):
-    """csrc/ops/capsules.cpp's keeps_state(): asked for, on the CPU, no larger than u_hat."""
+    """csrc/ops/capsules.cpp's keeps_state(): asked for, no larger than u_hat."""
     _, n_in, n_out, D = u_hat.shape
     acc = acc_dtype(u_hat.dtype)
-    # meta tensors stand for CPU ones here (fake tensors carry their real device)
-    return (save_state and not C.on_cuda_kernels(u_hat) and _state_size(iterations, n_in, n_out, D) * acc.itemsize
-            <= n_in * n_out * D * u_hat.element_size())
+    return save_state and _state_size(iterations, n_in, n_out, D) * acc.itemsize <= n_in * n_out * D * u_hat.element_size()
 
 
 @torch.library.register_fake("kexue::dynamic_routing")
@@ -115,8 +113,6 @@ def _dynamic_routing_backward_fake(grad_v, u_hat, iterations, squash, detach_rou
         C.like(u_hat, "u_hat", state, op, "state", same_dtype=False)
     if state is not None and state.numel() > 0:
         size = _state_size(iterations, n_in, n_out, D)
-        C.check(not C.on_cuda_kernels(u_hat), op, "state must be empty where the CUDA kernels serve u_hat (on ",
-                u_hat.device, "; they recompute the routing)")
         C.check(state.dtype == acc_dtype(u_hat.dtype) and state.dim() == 2 and state.shape[0] == B
                 and state.shape[1] == size, op, "state must be the forward's [", B, ", ", size, "] ",
                 C.dtype_name(acc_dtype(u_hat.dtype)), " tensor, got ", C.sizes(state), " ", C.dtype_name(state.dtype))
