@@ -120,22 +120,25 @@ __device__ void route(const T* u, int64_t R, Squash sq, int64_t n_in, int64_t n_
   }
 }
 
-template <typename T>
+// Kept: the launch has a state to route into (a.state); a separate instantiation, so that the
+// kernel without one is the same code as before states existed (register allocation included).
+template <typename T, bool Kept>
 __global__ void __launch_bounds__(kThreads) forward_kernel(caps::Args a) {
   using A = acc_t<T>;
   const int64_t NN = a.n_in * a.n_out, P = a.n_out * a.dim;
   const int64_t R = a.iterations;
   A* logits = static_cast<A*>(a.workspace) + blockIdx.x * caps::forward_scratch(a.n_in, a.n_out, a.dim);
+  A *C = logits + NN, *S = C + NN, *V = S + P;  // one slice each, or every iteration's in the state
   for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
     const T* u = static_cast<const T*>(a.u) + b * NN * a.dim;
-    // Every iteration's c, s, v into the state when one is kept, else one slice each.
-    A* st = a.state ? static_cast<A*>(a.state) + b * caps::state_size(R, a.n_in, a.n_out, a.dim) : nullptr;
-    A* C = st ? st : logits + NN;
-    A* S = st ? C + R * NN : C + NN;
-    A* V = st ? S + R * P : S + P;
-    route<T, A>(u, R, a.squash, a.n_in, a.n_out, a.dim, logits, C, S, V, st != nullptr);
-    const A* c_last = st ? C + (R - 1) * NN : C;
-    const A* v_last = st ? V + (R - 1) * P : V;
+    if (Kept) {
+      C = static_cast<A*>(a.state) + b * caps::state_size(R, a.n_in, a.n_out, a.dim);
+      S = C + R * NN;
+      V = S + R * P;
+    }
+    route<T, A>(u, R, a.squash, a.n_in, a.n_out, a.dim, logits, C, S, V, Kept);
+    const A* c_last = Kept ? C + (R - 1) * NN : C;
+    const A* v_last = Kept ? V + (R - 1) * P : V;
     T* vo = static_cast<T*>(a.v) + b * P;
     T* co = static_cast<T*>(a.c) + b * NN;
     for (int64_t t = threadIdx.x; t < P; t += kThreads) store(vo + t, v_last[t]);
@@ -144,32 +147,33 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(caps::Args a) {
   }
 }
 
-// The backward's workspace per block: G^(r) [R, n_in, n_out], gs^(r) [R, n_out, dim], gv, and
-// before them, unless the forward kept its state, the recomputed logits, c^(r), s^(r), v^(r).
-KX_HOST_DEVICE int64_t backward_block_entries(const caps::GradArgs& a) {
-  const int64_t R = a.iterations, NN = a.n_in * a.n_out, P = a.n_out * a.dim;
-  return R * NN + R * P + P + (a.state ? 0 : NN + caps::state_size(R, a.n_in, a.n_out, a.dim));
+// The backward's workspace per block: caps::backward_scratch (logits, c^(r), G^(r), s^(r), v^(r),
+// gs^(r), gv), or with a kept state only G^(r) [R, n_in, n_out], gs^(r) [R, n_out, dim] and gv.
+KX_HOST_DEVICE int64_t kept_backward_entries(int64_t R, int64_t n_in, int64_t n_out, int64_t dim) {
+  return R * n_in * n_out + R * n_out * dim + n_out * dim;
 }
 
-template <typename T>
+template <typename T, bool Kept>
 __global__ void __launch_bounds__(kThreads) backward_kernel(caps::GradArgs a) {
   using A = acc_t<T>;
   const int64_t R = a.iterations, n_in = a.n_in, n_out = a.n_out, dim = a.dim;
   const int64_t NN = n_in * n_out, P = n_out * dim;
   const A k = caps::squash_k<A>(a.squash);
-  A* w = static_cast<A*>(a.workspace) + blockIdx.x * backward_block_entries(a);
-  A* logits = w;  // only when recomputing
-  A* G = a.state ? w : w + NN + caps::state_size(R, n_in, n_out, dim);
-  A *GS = G + R * NN, *gv = GS + R * P;
+  A* logits = static_cast<A*>(a.workspace) +
+              blockIdx.x * (Kept ? kept_backward_entries(R, n_in, n_out, dim) : caps::backward_scratch(R, n_in, n_out, dim));
+  A *C = logits + NN, *G = Kept ? logits : C + R * NN, *S = G + R * NN;  // C, S, V: recomputed, or the state's
+  A *V = S + R * P, *GS = Kept ? G + R * NN : V + R * P, *gv = GS + R * P;
   for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
     const T* u = static_cast<const T*>(a.u) + b * NN * dim;
     const T* g = static_cast<const T*>(a.grad_v) + b * P;
     T* gu = static_cast<T*>(a.grad_u) + b * NN * dim;
-    // c^(r), s^(r), v^(r) of every iteration: the forward's state, or recomputed here.
-    A* C = a.state ? const_cast<A*>(static_cast<const A*>(a.state)) + b * caps::state_size(R, n_in, n_out, dim)
-                   : w + NN;
-    A *S = C + R * NN, *V = S + R * P;
-    if (!a.state) route<T, A>(u, R, a.squash, n_in, n_out, dim, logits, C, S, V, true);
+    if (Kept) {
+      C = const_cast<A*>(static_cast<const A*>(a.state)) + b * caps::state_size(R, n_in, n_out, dim);
+      S = C + R * NN;
+      V = S + R * P;
+    } else {
+      route<T, A>(u, R, a.squash, n_in, n_out, dim, logits, C, S, V, true);
+    }
     for (int64_t t = threadIdx.x; t < P; t += kThreads) gv[t] = load<A>(g + t);
     __syncthreads();
     const int64_t r_first = a.detach_routing ? R - 1 : 0;
@@ -207,7 +211,9 @@ int64_t forward_block_bytes(const caps::Args& a) {
 }
 
 int64_t backward_block_bytes(const caps::GradArgs& a) {
-  return backward_block_entries(a) * static_cast<int64_t>(acc_size(a.dtype));
+  const int64_t entries = a.state ? kept_backward_entries(a.iterations, a.n_in, a.n_out, a.dim)
+                                  : caps::backward_scratch(a.iterations, a.n_in, a.n_out, a.dim);
+  return entries * static_cast<int64_t>(acc_size(a.dtype));
 }
 
 }  // namespace
@@ -222,7 +228,9 @@ int dynamic_routing_forward(const caps::Args& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    KX_LAUNCH(batch_grid(a.batch, forward_block_bytes(a)), kThreads, 0, st, forward_kernel<T>)(a);
+    const unsigned grid = batch_grid(a.batch, forward_block_bytes(a));
+    if (a.state) KX_LAUNCH(grid, kThreads, 0, st, forward_kernel<T, true>)(a);
+    else KX_LAUNCH(grid, kThreads, 0, st, forward_kernel<T, false>)(a);
   });
   return last_error();
 }
@@ -237,7 +245,9 @@ int dynamic_routing_backward(const caps::GradArgs& a, void* stream) {
   if (a.batch == 0) return 0;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   KX_DTYPE_SWITCH(a.dtype, TypeMap, T, [&] {
-    KX_LAUNCH(batch_grid(a.batch, backward_block_bytes(a)), kThreads, 0, st, backward_kernel<T>)(a);
+    const unsigned grid = batch_grid(a.batch, backward_block_bytes(a));
+    if (a.state) KX_LAUNCH(grid, kThreads, 0, st, backward_kernel<T, true>)(a);
+    else KX_LAUNCH(grid, kThreads, 0, st, backward_kernel<T, false>)(a);
   });
   return last_error();
 }
