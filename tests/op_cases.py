@@ -130,8 +130,7 @@ def dynamic_routing(B, dev, dt):
 
 
 def dynamic_routing_backward(B, dev, dt):
-    # The forward's saved state on the CPU (empty elsewhere: the backward recomputes); one
-    # iteration, so that the state is smaller than u_hat and kept.
+    # The forward's saved state; one iteration, so that the state is smaller than u_hat and kept.
     u = _rand((B, 5, 3, 4), dev, dt)
     state = torch.ops.kexue.dynamic_routing(u, 1, "sabour", False, True)[2]
     return [_rand((B, 3, 4), dev, dt, seed=1), u, 1, "sabour", False, state]
@@ -145,7 +144,7 @@ def em_routing(B, dev, dt):
 
 
 def em_routing_backward(B, dev, dt):
-    # The forward's kept history on the CPU (empty elsewhere: the backward recomputes).
+    # The forward's kept history (no larger than the votes).
     V, a, bu, ba = (t.detach() for t in em_routing(B, dev, dt)[:4])
     state = torch.ops.kexue.em_routing(V, a, bu, ba, 3, 0.5, 1e-6, True)[2]
     return [_rand((B, 3, 4), dev, dt, seed=5), _rand((B, 3), dev, dt, seed=6), V, a, bu, ba, 3, 0.5, 1e-6, state]

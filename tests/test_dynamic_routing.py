@@ -79,6 +79,9 @@ def test_saved_state_gives_the_recomputed_gradient(device, detach):
         assert state.shape == ((3, 3 * 12 * 6 + 2 * 3 * 6 * 8) if save else (0,)) and state.dtype == torch.float32
         grads.append(torch.ops.kexue.dynamic_routing_backward(g, u, 3, "sabour", detach, state if save else None))
     assert torch.equal(grads[0], grads[1])
+    v, c, state = torch.ops.kexue.dynamic_routing(u, 3, "sabour", detach, True)
+    other = torch.ops.kexue.dynamic_routing_backward(g, u, 3, "sabour", detach, state + 0.5)
+    assert not torch.equal(other, grads[0])  # the backward does read the state
     ur = make_u((3, 12, 6, 8), torch.float32, device=device, requires_grad=True)
     (gr,) = torch.autograd.grad(dynamic_routing(ur, 3, detach_routing=detach), ur, g)
     assert torch.equal(gr, grads[0])

@@ -64,6 +64,9 @@ def test_kept_history_gives_the_recomputed_gradients(device):
         grads.append(torch.ops.kexue.em_routing_backward(gmu, ga, V, a, bu, ba, 3, 0.5, 1e-6, state if save else None))
     for x, y in zip(*grads):
         assert torch.equal(x, y)
+    state = torch.ops.kexue.em_routing(V, a, bu, ba, 3, 0.5, 1e-6, True)[2]
+    other = torch.ops.kexue.em_routing_backward(gmu, ga, V, a, bu, ba, 3, 0.5, 1e-6, state * 1.5)
+    assert not torch.equal(other[0], grads[0][0])  # the backward does read the history
     ins = [t.clone().requires_grad_() for t in (V, a, bu, ba)]
     for x, y in zip(torch.autograd.grad(em_routing(*ins, 3, final_lambda=0.5), ins, (gmu, ga)), grads[0]):
         assert torch.equal(x, y)

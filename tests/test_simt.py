@@ -276,6 +276,9 @@ def _family_calls():
         "iresnet": lambda: grads(lambda a: kexue.ops.iresnet_mlp_logdet(a, W1, b1, W2, b2, vh, 5), h1),
         "dynamic_routing": lambda: grads(lambda a: kexue.ops.dynamic_routing(a, 3), u),
         "em_routing": lambda: grads(lambda a, b: kexue.ops.em_routing(a, b, 0.1, 0.2, 3), V, a_in),
+        # more iterations than fit in a kept state: the backward recomputes the forward in-kernel
+        "dynamic_routing_recomputed": lambda: grads(lambda a: kexue.ops.dynamic_routing(a, 12), u),
+        "em_routing_recomputed": lambda: grads(lambda a, b: kexue.ops.em_routing(a, b, 0.1, 0.2, 4), V, a_in),
         "diffusion": lambda: [kexue.ops.ddpm_step(x, t, 10, abar, generator=torch.Generator().manual_seed(3)),
                               kexue.ops.ddim_step(x, t, 0.5, 0.7, eta=0.5, generator=torch.Generator().manual_seed(4))]
         + grads(lambda a, b: kexue.ops.q_sample(a, b, 0.3), x, t),

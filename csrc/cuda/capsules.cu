@@ -1,8 +1,9 @@
 // Dynamic routing on the GPU. One block per sample (blocks stride over the batch): each routing
 // iteration streams the sample's û twice (s = Σ c û, then the agreements û·v), keeping the
 // logits, couplings and capsule states in a per-block workspace ([N_in, N_out] and [N_out, D]
-// slices): nothing of size [N_in, N_out, D] is written except the final gradient. All sums run in
-// a fixed order (no atomics): bitwise reproducible.
+// slices), or every iteration's couplings and states in the kept state (the backward then reads
+// them instead of routing again): nothing of size [N_in, N_out, D] is written except the final
+// gradient. All sums run in a fixed order (no atomics): bitwise reproducible.
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "kexue/dispatch.h"
@@ -13,8 +14,8 @@ namespace {
 
 using caps::Squash;
 
-// Blocks stride over the batch (batch_grid): the CapsNet backward needs ~330 KB a block, so 2048
-// blocks would take 674 MB; the budget keeps the workspace to 256 MB.
+// Blocks stride over the batch (batch_grid): the CapsNet backward that re-routes needs ~330 KB a
+// block, so 2048 blocks would take 674 MB; the budget keeps the workspace to 256 MB.
 
 // out[jd] = Σ_i w[i, j] u[i, jd] (jd = j·D + d). For P = N_out·D ≤ kThreads the block is split
 // into kThreads/P stripes over i, each thread owning one jd (reads coalesced along jd); the

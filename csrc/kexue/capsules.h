@@ -6,8 +6,8 @@
 // variant of the kexue.fm capsule posts, "post"); eps keeps s = 0 -> 0 (and its gradient finite).
 //
 // Backward (reverse mode through every iteration), for one sample, given g = dL/dv:
-//   the forward is recomputed keeping c^(r), s^(r), v^(r) (small: [R, N_in, N_out] and
-//   [R, N_out, D]); then for r = R-1 .. 0:
+//   c^(r), s^(r), v^(r) (small: [R, N_in, N_out] and [R, N_out, D]) are read from the forward's
+//   state, or recomputed; then for r = R-1 .. 0:
 //     gv^(r) = g (r = R-1) or Σ_i G^(r+1)_ij u_ij (r < R-1), G^(r) = dL/db^(r)
 //     gs^(r) = squash_vjp(s^(r), gv^(r)); gc_ij = u_ij · gs^(r)_j
 //     G^(r)_ij = G^(r+1)_ij + c_ij (gc_ij - Σ_k c_ik gc_ik)
@@ -153,7 +153,7 @@ struct Problem {
 struct Args : Problem {
   void* v;  // [batch, n_out, dim]
   void* c;  // [batch, n_in, n_out], final couplings, same dtype as u
-  void* state = nullptr;  // [batch, state_size] acc type, filled when given (CPU only)
+  void* state = nullptr;  // [batch, state_size] acc type, filled when given
 };
 
 struct GradArgs : Problem {

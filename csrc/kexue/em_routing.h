@@ -88,7 +88,7 @@ struct GradArgs : Problem {
 };
 
 // Scratch of one sample in units of the acc type. The history is also the state a forward keeps
-// for its backward (when asked for, on the CPU, and no larger than the votes).
+// for its backward (when asked for, and no larger than the votes).
 KX_HOST_DEVICE int64_t history_scratch(int64_t T, int64_t I, int64_t J, int64_t H) {
   return T * (I * J + 3 * J * H + 4 * J);  // R, mu, var, 1/var, S, a, log a, Σ½log var
 }

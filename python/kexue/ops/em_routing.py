@@ -127,7 +127,7 @@ def _em_routing_fake(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps,
     _check_inputs(votes, a_in, beta_u, beta_a, iterations, final_lambda, eps, "kexue.em_routing")
     B, n_in, n_out, H = votes.shape
     size = _history_size(iterations, n_in, n_out, H)
-    # csrc/ops/em_routing.cpp's keeps_state(); meta tensors stand for CPU ones here
+    # csrc/ops/em_routing.cpp's keeps_state()
     keeps = save_state and size <= n_in * n_out * H
     state = votes.new_empty((B, size) if keeps else (0,))
     return votes.new_empty((B, n_out, H)), votes.new_empty((B, n_out)), state
