@@ -39,6 +39,23 @@ def test_compiled_variants_follow_the_requested_modes():
     assert "compiled_us" in row and "compiled-max_us" not in row and row["best"] in ("eager", "compiled")
 
 
+def test_every_case_compiles_its_reference_afresh(monkeypatch):
+    # Cases from one factory share the reference's code object; with dynamo's recompile limit at 1
+    # only the first would compile unless each case starts from a reset.
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: real_compile(fn, backend=counter))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+
+    def case(rank):
+        return Case("toy", f"rank {rank}", "fwd", lambda device: [torch.ones((2,) * rank)], ours=lambda x: x + 1,
+                    reference=lambda x: x * 2 + 1)
+    run_cases([case(r) for r in (1, 2, 3)], "cpu", compile_modes=("compiled",), min_time=0.01, rounds=1)
+    assert counter.frame_count == 3
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_the_cpu_allocator_is_pinned_for_benchmarks():
     # In a child process: the setting lasts for the whole process.

@@ -161,6 +161,10 @@ def run_cases(cases: List[Case], device: str, *, compile_reference: bool = True,
         inputs = case.make(device)
         variants = {"ours": case.ours, "eager": case.reference}
         if compile_reference and case.compile_reference:
+            # Each case compiles afresh: cases built from one factory share one code object, and
+            # their recompilations would pile up until dynamo's recompile limit silently ran the
+            # "compiled" reference in eager mode.
+            torch._dynamo.reset()
             for label in compile_modes:
                 variants[label] = torch.compile(case.reference, mode=COMPILE_MODES[label])
         variants.update(case.peers)
