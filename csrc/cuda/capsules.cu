@@ -121,6 +121,12 @@ __device__ void route(const T* u, int64_t R, Squash sq, int64_t n_in, int64_t n_
   }
 }
 
+// The forward's workspace per block: caps::forward_scratch (logits, and one slice of c, s, v), or
+// only the logits when c, s, v of every iteration go to the kept state.
+KX_HOST_DEVICE int64_t forward_block_entries(int64_t n_in, int64_t n_out, int64_t dim, bool kept) {
+  return kept ? n_in * n_out : caps::forward_scratch(n_in, n_out, dim);
+}
+
 // Kept: the launch has a state to route into (a.state); a separate instantiation, so that the
 // kernel without one is the same code as before states existed (register allocation included).
 template <typename T, bool Kept>
@@ -128,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(caps::Args a) {
   using A = acc_t<T>;
   const int64_t NN = a.n_in * a.n_out, P = a.n_out * a.dim;
   const int64_t R = a.iterations;
-  A* logits = static_cast<A*>(a.workspace) + blockIdx.x * caps::forward_scratch(a.n_in, a.n_out, a.dim);
+  A* logits = static_cast<A*>(a.workspace) + blockIdx.x * forward_block_entries(a.n_in, a.n_out, a.dim, Kept);
   A *C = logits + NN, *S = C + NN, *V = S + P;  // one slice each, or every iteration's in the state
   for (int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
     const T* u = static_cast<const T*>(a.u) + b * NN * a.dim;
@@ -208,7 +214,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(caps::GradArgs a) {
 size_t acc_size(DType d) { return d == DType::F64 ? sizeof(double) : sizeof(float); }
 
 int64_t forward_block_bytes(const caps::Args& a) {
-  return caps::forward_scratch(a.n_in, a.n_out, a.dim) * static_cast<int64_t>(acc_size(a.dtype));
+  return forward_block_entries(a.n_in, a.n_out, a.dim, a.state != nullptr) * static_cast<int64_t>(acc_size(a.dtype));
 }
 
 int64_t backward_block_bytes(const caps::GradArgs& a) {

@@ -170,6 +170,7 @@ template <typename A> __global__ void __launch_bounds__(kThreads) em_backward_ke
 size_t em_acc_size(DType d) { return d == DType::F64 ? sizeof(double) : sizeof(float); }
 
 int64_t forward_block_bytes(const em::Args& p) {  // without a state, a history per block
+  if (p.state) return 0;
   return em::history_scratch(p.iterations, p.n_in, p.n_out, p.dim) * static_cast<int64_t>(em_acc_size(p.dtype));
 }
 int64_t backward_block_bytes(const em::GradArgs& p) {
@@ -179,7 +180,7 @@ int64_t backward_block_bytes(const em::GradArgs& p) {
 }  // namespace
 
 size_t em_routing_forward_workspace(const em::Args& a) {
-  if (a.batch == 0 || a.state) return 0;
+  if (a.batch == 0) return 0;
   const int64_t bytes = forward_block_bytes(a);
   return static_cast<size_t>(batch_grid(a.batch, bytes)) * static_cast<size_t>(bytes);
 }
