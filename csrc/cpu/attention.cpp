@@ -198,13 +198,8 @@ template <typename T> void forward_impl(const attn::Args& a) {
         bool any = false;
         for (int64_t r = 0; r < nq; ++r) {
           A* s = S.data() + r * kBlockK;
-          A mx = m[r];
-          int nan = 0;  // a NaN score makes the row NaN (as softmax does), never a masked-looking 0
-#pragma omp simd reduction(max : mx) reduction(| : nan)
-          for (int64_t c = 0; c < nk; ++c) {
-            mx = std::max(mx, s[c]);
-            nan |= s[c] != s[c];
-          }
+          bool nan = false;  // a NaN score makes the row NaN (as softmax does), never a masked-looking 0
+          A mx = ops.row_max(s, nk, m[r], &nan);
           if (nan) mx = std::numeric_limits<A>::quiet_NaN();
           if (mx == neg_inf) {  // nothing visible yet: this row adds nothing
             std::fill(s, s + nk, A(0));
