@@ -49,6 +49,10 @@ template <typename V> static inline V load_vec(const void* p) {
 
 template <typename V> static inline void store_vec(void* p, V v) { std::memcpy(p, &v, sizeof v); }
 
+// x in every lane: one broadcast. (V{} + x costs a scalar add first, on the ports the FMAs need:
+// 0 + x is not x for x = −0, so the compiler may not drop it; x − 0 is x for every x.)
+template <typename V, typename A> static inline V splat(A x) { return x - V{}; }
+
 // One MR×(NV·width) block of C at column n0; the k loop carries all of it in registers.
 template <typename A, int MR, int NV>
 static inline void block(int64_t K, A alpha, const A* x, int64_t x_rs, int64_t x_cs, const A* y, int64_t ldy,
@@ -62,7 +66,7 @@ static inline void block(int64_t K, A alpha, const A* x, int64_t x_rs, int64_t x
     V yv[NV];
     for (int v = 0; v < NV; ++v) yv[v] = load_vec<V>(y + k * ldy + v * W);
     for (int m = 0; m < MR; ++m) {
-      const V xm = V{} + x[m * x_rs + k * x_cs];
+      const V xm = splat<V>(x[m * x_rs + k * x_cs]);
       for (int v = 0; v < NV; ++v) acc[m][v] += xm * yv[v];
     }
   }
