@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/attention_tiles.h"
@@ -104,12 +105,12 @@ void rope_rows(const Tin* src, Tout* dst, int64_t B, int64_t Hx, int64_t L, int6
 }
 
 // [N, L, d] → [N, d, L].
-template <typename A> std::vector<A> transposed(const std::vector<A>& x, int64_t N, int64_t L, int64_t d) {
-  std::vector<A> t(x.size());
+template <typename A> std::vector<A> transposed(const A* x, int64_t N, int64_t L, int64_t d) {
+  std::vector<A> t(N * L * d);
   at::parallel_for(0, N * d, row_grain(L), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / d, c = r % d;
-      const A* src = x.data() + n * L * d + c;
+      const A* src = x + n * L * d + c;
       A* dst = t.data() + r * L;
       for (int64_t l = 0; l < L; ++l) dst[l] = src[l * d];
     }
@@ -128,7 +129,9 @@ template <typename T, typename A> std::vector<A> to_acc(const T* x, int64_t n) {
 // Everything both passes read, in the accumulation type.
 template <typename A> struct Operands {
   Phases<A> ph;
-  std::vector<A> q, k, kt, v;  // q, k rotated; kt = kᵀ per kv head; v as given
+  std::vector<A> q, k, kt;  // q, k rotated; kt = kᵀ per kv head
+  std::vector<A> v_acc;      // v converted, where its type is not the accumulation type
+  const A* v = nullptr;      // v as given
 };
 
 template <typename T, typename A> Operands<A> operands(const attn::Args& a) {
@@ -138,8 +141,13 @@ template <typename T, typename A> Operands<A> operands(const attn::Args& a) {
   o.k.resize(a.B * a.Hkv * a.Lk * a.d);
   rope_rows<T, A, A>(static_cast<const T*>(a.q), o.q.data(), a.B, a.H, a.Lq, a.d, a.Lk - a.Lq, a.rope, o.ph, false);
   rope_rows<T, A, A>(static_cast<const T*>(a.k), o.k.data(), a.B, a.Hkv, a.Lk, a.d, 0, a.rope, o.ph, false);
-  o.kt = transposed(o.k, a.B * a.Hkv, a.Lk, a.d);
-  o.v = to_acc<T, A>(static_cast<const T*>(a.v), a.B * a.Hkv * a.Lk * a.d);
+  o.kt = transposed(o.k.data(), a.B * a.Hkv, a.Lk, a.d);
+  if constexpr (std::is_same<T, A>::value) {
+    o.v = static_cast<const A*>(a.v);
+  } else {
+    o.v_acc = to_acc<T, A>(static_cast<const T*>(a.v), a.B * a.Hkv * a.Lk * a.d);
+    o.v = o.v_acc.data();
+  }
   return o;
 }
 
@@ -215,7 +223,7 @@ template <typename T> void forward_impl(const attn::Args& a) {
           l[r] = l[r] * alpha + ops.exp_row(s, s, nk, mx);
           m[r] = mx;
         }
-        if (any) ops.gemm(nq, d, nk, A(1), S.data(), kBlockK, 1, o.v.data() + ((b * Hkv + hk) * Lk + j0) * d, d, true,
+        if (any) ops.gemm(nq, d, nk, A(1), S.data(), kBlockK, 1, o.v + ((b * Hkv + hk) * Lk + j0) * d, d, true,
                           acc.data(), d);
       }
       for (int64_t r = 0; r < nq; ++r) {
