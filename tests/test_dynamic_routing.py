@@ -299,14 +299,17 @@ def test_property_random_shapes(shape, iterations, squash, detach, seed):
     torch.testing.assert_close(gu, gr, rtol=1e-10, atol=1e-12)
 
 
-def test_batch_beyond_the_block_count(device):
+@pytest.mark.parametrize("iterations", [1, 2])  # 1: the state is kept; 2: the backward re-routes
+def test_batch_beyond_the_block_count(device, iterations):
     """More samples than the GPU launches blocks (2048): blocks stride over the batch, each
     reusing its workspace slice; the results must not depend on which block took a sample."""
     g = torch.Generator().manual_seed(3)
     u = torch.randn(2100, 3, 2, 4, generator=g, dtype=torch.float64).to(device).requires_grad_()
     ref = u.detach().clone().requires_grad_()
-    v = dynamic_routing(u, iterations=2)
-    vr = reference_dynamic_routing(ref, iterations=2)
+    assert (torch.ops.kexue.dynamic_routing(u.detach(), iterations, "sabour", False, True)[2].numel() > 0) == (
+        iterations == 1)
+    v = dynamic_routing(u, iterations=iterations)
+    vr = reference_dynamic_routing(ref, iterations=iterations)
     torch.testing.assert_close(v, vr, rtol=1e-10, atol=1e-12)
     gv = torch.randn(v.shape, generator=g, dtype=torch.float64).to(device)
     (v * gv).sum().backward()

@@ -186,16 +186,20 @@ def test_deterministic(device):
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("shape", [(2100, 3, 2, 2), (2, 5, 20, 16), (2, 30, 10, 4), (2, 3, 2, 0)])
-def test_work_beyond_one_pass_of_the_block(device, shape):
+@pytest.mark.parametrize("shape,iterations", [((2100, 3, 2, 2), 3), ((2100, 12, 2, 2), 1), ((2, 5, 20, 16), 3),
+                                              ((2, 30, 10, 4), 3), ((2, 3, 2, 0), 3)])
+def test_work_beyond_one_pass_of_the_block(device, shape, iterations):
     """The GPU runs a block per sample, its threads striding over pose entries, votes and
     capsules: 2100 samples make blocks stride over the batch (reusing their workspace slice),
     20 capsules × 16 entries give each thread more than one pose entry, 30 × 10 more than one
-    vote; an empty pose leaves no pose entry at all."""
+    vote; an empty pose leaves no pose entry at all. With one iteration of 12 inputs the history
+    is kept, so blocks also stride over the batch reading a kept state."""
     ins = make_inputs(*shape, device=device, requires_grad=True)
     refs = [t.detach().clone().requires_grad_() for t in ins]
-    out = em_routing(*ins, 3, final_lambda=0.5)
-    ref = reference_em_routing(*refs, 3, final_lambda=0.5)
+    kept = torch.ops.kexue.em_routing(*(t.detach() for t in ins), iterations, 0.5, 1e-6, True)[2].numel() > 0
+    assert kept == (shape == (2100, 12, 2, 2))
+    out = em_routing(*ins, iterations, final_lambda=0.5)
+    ref = reference_em_routing(*refs, iterations, final_lambda=0.5)
     for x, y in zip(out, ref):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
     g = torch.Generator().manual_seed(2)
