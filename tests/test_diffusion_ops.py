@@ -343,3 +343,20 @@ def test_hypothesis_ddpm_against_reference(b, n, t, clip, dtype):
     ours = D.ddpm_step(x, eps, t, ac, noise=z, clip_x0=clip)
     truth = D.reference_ddpm_step(x.double(), eps.double(), t, ac, z.double(), clip_x0=clip)
     torch.testing.assert_close(ours.double(), truth, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_zero_alpha_bar_is_refused_with_or_without_flushed_denormals(flush):
+    # The per-sample ᾱ check compares with 0 itself: with denormals flushed to zero, a denormal
+    # bound would have let ᾱ = 0 through (and √0 into a division).
+    x = torch.randn(2, 3)
+    if not torch.set_flush_denormal(flush):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        for zero in (0.0, -0.0):
+            ab = torch.tensor([0.5, zero], dtype=torch.float64)
+            with pytest.raises(RuntimeError, match="alpha_bar_t must be in"):
+                D.ddim_step(x, x, ab, 0.5)
+        assert torch.isfinite(D.q_sample(x, x, torch.tensor([0.5, 0.0], dtype=torch.float64))).all()
+    finally:
+        torch.set_flush_denormal(False)

@@ -131,7 +131,11 @@ template <typename A> struct Operands {
   Phases<A> ph;
   std::vector<A> q, k, kt;  // q, k rotated; kt = kᵀ per kv head
   std::vector<A> v_acc;      // v converted, where its type is not the accumulation type
-  const A* v = nullptr;      // v as given
+  const A* v = nullptr;      // v as given, or v_acc's data: so never copied, only moved
+  Operands() = default;
+  Operands(Operands&&) = default;
+  Operands(const Operands&) = delete;
+  Operands& operator=(const Operands&) = delete;
 };
 
 template <typename T, typename A> Operands<A> operands(const attn::Args& a) {

@@ -10,7 +10,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <limits>
 #include <optional>
 #include <string>
 
@@ -69,11 +68,12 @@ diff::PerSample per_sample(const at::Tensor& t, const at::Tensor& x, const char*
   if (keep.is_cpu()) {
     // One loop rather than tensor comparisons: at sampling-loop sizes (a 2-D batch) those small
     // ops cost more than the step. Written as "inside the range", so that NaN is refused too.
-    // Branch-free (& rather than &&) so that it runs as a vector loop.
+    // Branch-free (& rather than &&) so that it runs as a vector loop. Compared with 0 itself,
+    // not with a denormal bound: with denormals-are-zero on, that bound would read as 0.
     const double* d = keep.data_ptr<double>();
-    const double lo = allow_zero ? 0.0 : std::numeric_limits<double>::denorm_min();
     bool inside = true;
-    for (int64_t i = 0; i < keep.numel(); ++i) inside &= (d[i] >= lo) & (d[i] <= 1.0);
+    for (int64_t i = 0; i < keep.numel(); ++i)
+      inside &= ((d[i] > 0.0) | (allow_zero & (d[i] == 0.0))) & (d[i] <= 1.0);
     TORCH_CHECK(inside, op, ": ", name, " must be in ", allow_zero ? "[0, 1]" : "(0, 1]", ", got values from ",
                 keep.min().item<double>(), " to ", keep.max().item<double>());
   }
