@@ -10,6 +10,7 @@
 
 #include "cpu/diffusion_loops.h"
 #include "cpu/isa.h"
+#include "cpu/streaming.h"
 #include "ops/backend.h"
 
 #if defined(KEXUE_WITH_CUDA) || defined(KEXUE_WITH_SIMT)
@@ -154,6 +155,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &set_cpu_isa,
         "Run the CPU kernels with this instruction set (base, avx2, avx512); for tests and "
         "benchmarks. The environment variable KEXUE_CPU_ISA sets it at start-up.");
+  m.def(
+      "_set_cpu_stream_min_bytes",
+      [](int64_t bytes) {
+        if (bytes < 0) throw py::value_error("bytes must be >= 0");
+        return kx::cpu::streaming::set_min_bytes(bytes);
+      },
+      py::arg("bytes"),
+      "Outputs of at least this many bytes are written with non-temporal stores by the CPU kernels "
+      "that stream (diffusion steps, q_sample, the dynamic-routing backward). Returns the previous value.");
   m.def("set_cpu_backend", &set_cpu_backend, py::arg("name"),
         "Which kernels serve CPU tensors: 'cpu' (the CPU kernels) or 'simt' (the CUDA kernels on the SIMT "
         "emulator, in builds that have it; CPU allocations are then poisoned with NaN). For tests.");

@@ -46,13 +46,14 @@ template <typename T> void backward_impl(const caps::GradArgs& a) {
   using A = acc_t<T>;
   const int64_t NN = a.n_in * a.n_out, P = a.n_out * a.dim;
   const capsloops::Loops loops = loops_for<T>(a.dtype);
+  const bool stream = streaming::worth_it(a.batch * NN * a.dim * static_cast<int64_t>(sizeof(T)));
   at::parallel_for(0, a.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> scratch(caps::backward_scratch(a.iterations, a.n_in, a.n_out, a.dim));
     const int64_t state = caps::state_size(a.iterations, a.n_in, a.n_out, a.dim);
     for (int64_t b = begin; b < end; ++b)
       loops.backward(a, static_cast<const T*>(a.u) + b * NN * a.dim, static_cast<const T*>(a.grad_v) + b * P,
                      static_cast<T*>(a.grad_u) + b * NN * a.dim,
-                     a.state ? static_cast<const A*>(a.state) + b * state : nullptr, scratch.data());
+                     a.state ? static_cast<const A*>(a.state) + b * state : nullptr, scratch.data(), stream);
   });
 }
 

@@ -5,6 +5,7 @@
 // given build.
 #pragma once
 #include "cpu/isa.h"
+#include "cpu/streaming.h"
 #include "kexue/capsules.h"
 
 namespace kx {
@@ -16,10 +17,11 @@ using caps::Squash;
 struct Loops {
   // One sample each; scratch: caps::forward_scratch / backward_scratch entries of acc_t<T>.
   // state: caps::state_size entries of this sample, written by the forward (when not null) and
-  // read by the backward instead of recomputing the routing (when not null).
+  // read by the backward instead of recomputing the routing (when not null). stream: write gu
+  // with non-temporal stores (cpu/streaming.h).
   void (*forward)(const caps::Problem& p, const void* u, void* v, void* c, void* state, void* scratch);
   void (*backward)(const caps::GradArgs& a, const void* u, const void* g, void* gu, const void* state,
-                   void* scratch);
+                   void* scratch, bool stream);
 };
 
 // s[j, :] += w[j] u[j, :] for one input capsule (u, w its rows)
@@ -140,7 +142,7 @@ static void du_entries(const A* C, const A* G, const A* GS, const A* V, int64_t 
 // caps::backward_scratch accumulation-type entries.
 template <typename T>
 static void backward_sample(const caps::GradArgs& a, const void* up, const void* gp, void* gup, const void* statep,
-                            void* scratch) {
+                            void* scratch, bool stream) {
   using A = acc_t<T>;
   const int64_t R = a.iterations, NN = a.n_in * a.n_out, P = a.n_out * a.dim;
   const int64_t n_in = a.n_in, n_out = a.n_out, dim = a.dim;
@@ -179,14 +181,19 @@ static void backward_sample(const caps::GradArgs& a, const void* up, const void*
   }
   // du_ij = Σ_r c^(r)_ij gs^(r)_j + Σ_{r<R-1} G^(r+1)_ij v^(r)_j, vectorised over d in register
   // rows of kDuChunk entries (a row kept in memory would chain every update through a store).
-  for (int64_t ij = 0; ij < NN; ++ij) {
-    const int64_t j = ij % n_out;
-    T* out = gu + ij * dim;
-    int64_t d0 = 0;
-    for (; d0 + kDuChunk <= dim; d0 += kDuChunk)
-      du_entries<kDuChunk>(C, G, GS, V, R, r_first, NN, P, ij, j * dim + d0, out + d0);
-    for (; d0 < dim; ++d0) du_entries<1>(C, G, GS, V, R, r_first, NN, P, ij, j * dim + d0, out + d0);
-  }
+  // Entries [e0, e0 + n) of the flat gu go to o; a block may start or end inside a row.
+  streaming::write_blocks(NN * dim, stream, gu, static_cast<T*>(nullptr), [&](int64_t e0, int64_t n, T* o, T*) {
+    for (int64_t e = e0; e < e0 + n;) {
+      const int64_t ij = e / dim, j = ij % n_out;
+      const int64_t d_end = std::min(e0 + n, (ij + 1) * dim) - ij * dim;
+      int64_t d = e - ij * dim;
+      for (; d + kDuChunk <= d_end; d += kDuChunk)
+        du_entries<kDuChunk>(C, G, GS, V, R, r_first, NN, P, ij, j * dim + d, o + (ij * dim + d - e0));
+      for (; d < d_end; ++d) du_entries<1>(C, G, GS, V, R, r_first, NN, P, ij, j * dim + d, o + (ij * dim + d - e0));
+      e = ij * dim + d_end;
+    }
+  });
+  if (stream) streaming::fence();
 }
 
 template <typename T> static Loops make_loops() {

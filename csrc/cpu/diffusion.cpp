@@ -9,6 +9,7 @@
 #include "cpu/diffusion_loops.h"
 #include "cpu/isa.h"
 #include "cpu/kernels.h"
+#include "cpu/streaming.h"
 #include "cpu/type_map.h"
 
 namespace kx {
@@ -76,6 +77,11 @@ template <typename F> void for_each_chunk(int64_t batch, int64_t per_sample, F f
   });
 }
 
+// Bytes of `outputs` tensors shaped like the op's input.
+template <typename Args> int64_t output_bytes(const Args& a, int outputs) {
+  return outputs * a.batch * a.per_sample * static_cast<int64_t>(dtype_size(a.dtype));
+}
+
 bool uniform(const diff::PerSample& p) { return p.ptr == nullptr || p.stride == 0; }
 
 // With one set of coefficients for the whole batch, the batch is one long sample: the per-sample
@@ -97,7 +103,8 @@ void diffusion_step(const diff::StepArgs& a) {
   const bool same = a.rule == diff::Rule::DDPM ? (a.t_ptr == nullptr || a.t_stride == 0)
                                                : uniform(a.abar_t) && uniform(a.abar_prev);
   const diff::StepArgs f = flattened(a, same);
-  for_each_chunk(f.batch, f.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(f, b, j0, j1); });
+  const bool stream = streaming::worth_it(output_bytes(a, a.x0 != nullptr ? 2 : 1));
+  for_each_chunk(f.batch, f.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(f, b, j0, j1, stream); });
 }
 
 void q_sample(const diff::QSampleArgs& a) {
@@ -109,7 +116,8 @@ void q_sample(const diff::QSampleArgs& a) {
                      [&](int64_t b0, int64_t b1) { run(f, b0, b1); });
     return;
   }
-  for_each_chunk(f.batch, f.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(f, b, j0, j1); });
+  const bool stream = streaming::worth_it(output_bytes(a, 1));
+  for_each_chunk(f.batch, f.per_sample, [&](int64_t b, int64_t j0, int64_t j1) { fn(f, b, j0, j1, stream); });
 }
 
 }  // namespace cpu

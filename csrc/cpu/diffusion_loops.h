@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 
+#include "cpu/streaming.h"
 #include "kexue/diffusion.h"
 
 namespace kx {
@@ -13,9 +14,10 @@ namespace diffloops {
 // Elements handled per noise buffer (a multiple of 4: whole Philox groups).
 constexpr int64_t kRun = 1024;
 
-// Elements [j0, j1) of sample b.
-using StepFn = void (*)(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1);
-using QSampleFn = void (*)(const diff::QSampleArgs& a, int64_t b, int64_t j0, int64_t j1);
+// Elements [j0, j1) of sample b; stream: write the outputs with non-temporal stores
+// (cpu/streaming.h).
+using StepFn = void (*)(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1, bool stream);
+using QSampleFn = void (*)(const diff::QSampleArgs& a, int64_t b, int64_t j0, int64_t j1, bool stream);
 // Whole samples [b0, b1) (few elements each, per-sample ᾱ).
 using QSampleSamplesFn = void (*)(const diff::QSampleArgs& a, int64_t b0, int64_t b1);
 
@@ -29,7 +31,7 @@ static inline __attribute__((noinline)) void fill_normals(float* __restrict__ no
 }
 
 template <typename T, bool Clip, diff::Noise N, bool Heun, bool WriteX0>
-static void step_run(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1) {
+static void step_run(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1, bool stream) {
   using A = acc_t<T>;
   const diff::Coeffs<A> c = diff::sample_coeffs<A>(a, b);
   const A clip = static_cast<A>(a.clip_value);
@@ -48,35 +50,46 @@ static void step_run(const diff::StepArgs& a, int64_t b, int64_t j0, int64_t j1)
     const T* __restrict__ e2 = Heun ? static_cast<const T*>(a.eps2) + i : nullptr;
     const T* __restrict__ zt = N == diff::Noise::Tensor ? static_cast<const T*>(a.noise) + i : nullptr;
     const float* __restrict__ zp = normals + lead;
-    T* __restrict__ out = static_cast<T*>(a.out) + i;
-    T* __restrict__ x0 = WriteX0 ? static_cast<T*>(a.x0) + i : nullptr;
+    T* out = static_cast<T*>(a.out) + i;
+    T* x0 = WriteX0 ? static_cast<T*>(a.x0) + i : nullptr;
+    streaming::write_blocks(len, stream, out, x0, [=](int64_t k0, int64_t n, T* __restrict__ o, T* __restrict__ ox0) {
 #pragma omp simd
-    for (int64_t k = 0; k < len; ++k) {
-      A e = static_cast<A>(e1[k]);
-      if (Heun) e = A(0.5) * (e + static_cast<A>(e2[k]));
-      A z = A(0);
-      if (N == diff::Noise::Tensor) z = static_cast<A>(zt[k]);
-      if (N == diff::Noise::Philox) z = noisy ? static_cast<A>(zp[k]) : A(0);
-      A xh;
-      const A y = diff::step_elem<A, Clip>(static_cast<A>(x[k]), e, z, c, clip, &xh);
-      out[k] = static_cast<T>(y);
-      if (WriteX0) x0[k] = static_cast<T>(xh);
-    }
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t m = k0 + k;
+        A e = static_cast<A>(e1[m]);
+        if (Heun) e = A(0.5) * (e + static_cast<A>(e2[m]));
+        A z = A(0);
+        if (N == diff::Noise::Tensor) z = static_cast<A>(zt[m]);
+        if (N == diff::Noise::Philox) z = noisy ? static_cast<A>(zp[m]) : A(0);
+        A xh;
+        const A y = diff::step_elem<A, Clip>(static_cast<A>(x[m]), e, z, c, clip, &xh);
+        o[k] = static_cast<T>(y);
+        if (WriteX0) ox0[k] = static_cast<T>(xh);
+      }
+    });
     j += len;
   }
+  if (stream) streaming::fence();
 }
 
-template <typename T> static void q_sample_run(const diff::QSampleArgs& a, int64_t b, int64_t j0, int64_t j1) {
+template <typename T>
+static void q_sample_run(const diff::QSampleArgs& a, int64_t b, int64_t j0, int64_t j1, bool stream) {
   using A = acc_t<T>;
   A sa, ss;
   diff::q_sample_factors<A>(a, b, &sa, &ss);
   const int64_t off = b * a.per_sample;
   const T* __restrict__ x0 = static_cast<const T*>(a.x0) + off;
   const T* __restrict__ e = static_cast<const T*>(a.noise) + off;
-  T* __restrict__ out = static_cast<T*>(a.out) + off;
+  T* out = static_cast<T*>(a.out) + off + j0;
+  streaming::write_blocks(j1 - j0, stream, out, static_cast<T*>(nullptr),
+                          [=](int64_t k0, int64_t n, T* __restrict__ o, T*) {
 #pragma omp simd
-  for (int64_t j = j0; j < j1; ++j)
-    out[j] = static_cast<T>(sa * static_cast<A>(x0[j]) + ss * static_cast<A>(e[j]));
+                            for (int64_t k = 0; k < n; ++k) {
+                              const int64_t j = j0 + k0 + k;
+                              o[k] = static_cast<T>(sa * static_cast<A>(x0[j]) + ss * static_cast<A>(e[j]));
+                            }
+                          });
+  if (stream) streaming::fence();
 }
 
 // The elements of n samples of P each (PC: P as a constant, or 0 when not one of those).
