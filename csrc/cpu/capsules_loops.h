@@ -24,22 +24,38 @@ struct Loops {
                    void* scratch, bool stream);
 };
 
-// s[j, :] += w[j] u[j, :] for one input capsule (u, w its rows)
-template <typename T, typename A>
-static void weighted_sum_add(const T* u, const A* w, A* s, int64_t n_out, int64_t dim) {
-  for (int64_t j = 0; j < n_out; ++j) {
-    const A c = w[j];
-    A* sj = s + j * dim;
-    const T* uj = u + j * dim;
-    for (int64_t d = 0; d < dim; ++d) sj[d] += c * static_cast<A>(uj[d]);
-  }
+// Entries [d0, d0 + W) of s[j] for the G output capsules j0 .. j0 + G - 1: s[j, d] = Σ_i w[i, j]
+// u[i, j, d], summed over i in order in register rows. G rows at once, so that G independent
+// sums hide the FMA latency (one at a time, each waited on the last); rows in memory instead
+// chained every update through a store and a reload.
+template <int G, int W, typename T, typename A>
+static inline void weighted_sum_entries(const T* u, const A* w, A* s, int64_t n_in, int64_t n_out, int64_t dim,
+                                        int64_t j0, int64_t d0) {
+  A acc[G][W];
+  for (int g = 0; g < G; ++g) KX_SIMD for (int k = 0; k < W; ++k) acc[g][k] = A(0);
+  const T* x = u + j0 * dim + d0;
+  const A* c = w + j0;
+  for (int64_t i = 0; i < n_in; ++i, x += n_out * dim, c += n_out)
+    for (int g = 0; g < G; ++g) KX_SIMD for (int k = 0; k < W; ++k) acc[g][k] += c[g] * static_cast<A>(x[g * dim + k]);
+  for (int g = 0; g < G; ++g) KX_SIMD for (int k = 0; k < W; ++k) s[(j0 + g) * dim + d0 + k] = acc[g][k];
 }
 
-// s[j, :] = Σ_i w[i, j] u[i, j, :]
+// s[j, :] = Σ_i w[i, j] u[i, j, :], each entry summed over i in order (as adding row after row
+// of c_ij u_ij would).
+constexpr int kSumChunk = 16;
+template <int G, typename T, typename A>
+static void weighted_sum_rows(const T* u, const A* w, A* s, int64_t n_in, int64_t n_out, int64_t dim, int64_t j) {
+  int64_t d = 0;
+  for (; d + kSumChunk <= dim; d += kSumChunk) weighted_sum_entries<G, kSumChunk>(u, w, s, n_in, n_out, dim, j, d);
+  for (; d < dim; ++d) weighted_sum_entries<G, 1>(u, w, s, n_in, n_out, dim, j, d);
+}
+
 template <typename T, typename A>
 static void weighted_sum(const T* u, const A* w, A* s, int64_t n_in, int64_t n_out, int64_t dim) {
-  for (int64_t k = 0; k < n_out * dim; ++k) s[k] = A(0);
-  for (int64_t i = 0; i < n_in; ++i) weighted_sum_add(u + i * n_out * dim, w + i * n_out, s, n_out, dim);
+  int64_t j = 0;
+  for (; j + 4 <= n_out; j += 4) weighted_sum_rows<4>(u, w, s, n_in, n_out, dim, j);
+  for (; j + 2 <= n_out; j += 2) weighted_sum_rows<2>(u, w, s, n_in, n_out, dim, j);
+  for (; j < n_out; ++j) weighted_sum_rows<1>(u, w, s, n_in, n_out, dim, j);
 }
 
 // out[i, j] (+)= u[i, j, :] · x[j, :]
@@ -66,9 +82,9 @@ static void squash_vjp_rows(const A* s, const A* g, A* gs, int64_t n_out, int64_
 }
 
 // The forward of one sample; c_hist / s_hist / v_hist (R slices each) are filled when given.
-// After the first iteration each pass over u is fused: for input capsule i the agreements
-// u_ij·v_j update the logits, the softmax gives c_i, and c_ij u_ij is added to s while row i of
-// u is still in cache (one stream of u per iteration instead of two).
+// After the first iteration, two passes over u (one sample's u is a few hundred KiB, in L2):
+// the agreements u_ij·v_j update the logits and the softmax gives c, input capsule by input
+// capsule; then s = Σ_i c_ij u_ij, output capsule by output capsule.
 template <typename T, typename A>
 static void route(const T* u, int64_t R, Squash sq, int64_t n_in, int64_t n_out, int64_t dim, A* logits,
            A* c, A* s, A* v, A* c_hist, A* s_hist, A* v_hist) {
@@ -79,21 +95,18 @@ static void route(const T* u, int64_t R, Squash sq, int64_t n_in, int64_t n_out,
     A* cr = c_hist ? c_hist + r * NN : c;
     A* sr = s_hist ? s_hist + r * P : s;
     A* vr = v_hist ? v_hist + r * P : v;
-    if (r == 0) {
-      for (int64_t i = 0; i < n_in; ++i) caps::softmax_row(logits + i * n_out, cr + i * n_out, n_out);
-      weighted_sum(u, cr, sr, n_in, n_out, dim);
+    if (r == 0) {  // softmax of zero logits: 1/n_out everywhere, as the CUDA kernel has it
+      const A uniform = A(1) / static_cast<A>(n_out);
+      for (int64_t t = 0; t < NN; ++t) cr[t] = uniform;
     } else {
       const A* vp = v_hist ? v_hist + (r - 1) * P : v;  // v of the previous iteration
-      for (int64_t t = 0; t < P; ++t) sr[t] = A(0);
       for (int64_t i = 0; i < n_in; ++i) {
-        const T* ui = u + i * P;
         A* li = logits + i * n_out;
-        A* ci = cr + i * n_out;
-        row_dots(ui, vp, li, true, 1, n_out, dim);
-        caps::softmax_row(li, ci, n_out);
-        weighted_sum_add(ui, ci, sr, n_out, dim);
+        row_dots(u + i * P, vp, li, true, 1, n_out, dim);
+        caps::softmax_row(li, cr + i * n_out, n_out);
       }
     }
+    weighted_sum(u, cr, sr, n_in, n_out, dim);
     squash_rows(sr, vr, n_out, dim, k);
   }
 }
@@ -118,24 +131,47 @@ static void forward_sample(const caps::Problem& p, const void* up, void* vp, voi
   for (int64_t t = 0; t < NN; ++t) co[t] = static_cast<T>(c[t]);
 }
 
-// W entries of du_ij from entry jd = j·dim + d0 of the capsule states (see backward_sample).
-constexpr int kDuChunk = 8;
+// What du_ij = Σ_r c^(r)_ij gs^(r)_j + Σ_{r<R-1} G^(r+1)_ij v^(r)_j is made of (see backward_sample).
+template <typename A> struct DuSource {
+  const A *C, *G, *GS, *V;
+  int64_t R, r_first, NN, P, n_out, dim;
+};
+
+// W entries of du_ij from entry jd = j·dim + d0 of the capsule states, summed in a register row
+// (a row kept in memory would chain every update through a store).
+constexpr int kDuChunk = 16;
 template <int W, typename T, typename A>
-static void du_entries(const A* C, const A* G, const A* GS, const A* V, int64_t R, int64_t r_first, int64_t NN,
-                       int64_t P, int64_t ij, int64_t jd, T* out) {
+static inline void du_entries(const DuSource<A>& s, int64_t ij, int64_t jd, T* out) {
   A acc[W];
   KX_SIMD for (int k = 0; k < W; ++k) acc[k] = A(0);
-  for (int64_t r = r_first; r < R; ++r) {
-    const A cr = C[r * NN + ij];
-    const A* gs = GS + r * P + jd;
+  for (int64_t r = s.r_first; r < s.R; ++r) {
+    const A cr = s.C[r * s.NN + ij];
+    const A* gs = s.GS + r * s.P + jd;
     KX_SIMD for (int k = 0; k < W; ++k) acc[k] += cr * gs[k];
-    if (r < R - 1) {
-      const A gr = G[(r + 1) * NN + ij];
-      const A* vr = V + r * P + jd;
+    if (r < s.R - 1) {
+      const A gr = s.G[(r + 1) * s.NN + ij];
+      const A* vr = s.V + r * s.P + jd;
       KX_SIMD for (int k = 0; k < W; ++k) acc[k] += gr * vr[k];
     }
   }
   KX_SIMD for (int k = 0; k < W; ++k) out[k] = static_cast<T>(acc[k]);
+}
+
+// Entries [e0, e0 + n) of the flat du (rows ij of dim entries) into o[0, n); the span may start or
+// end inside a row. A function of its own, with divisions only at its start: inlined into the
+// caller's loop, its counters lived on the stack, and a division per row cost as much as the
+// row's arithmetic.
+template <typename T, typename A>
+static __attribute__((noinline)) void du_span(const DuSource<A>& s, int64_t e0, int64_t n, T* o) {
+  const int64_t dim = s.dim;
+  int64_t ij = e0 / dim, j = ij % s.n_out, d = e0 - ij * dim;
+  for (int64_t at = -d; at < n; at += dim, d = 0) {  // o[at + d] is entry d of row ij
+    const int64_t d_end = std::min(dim, n - at);
+    for (; d + kDuChunk <= d_end; d += kDuChunk) du_entries<kDuChunk>(s, ij, j * dim + d, o + at + d);
+    for (; d < d_end; ++d) du_entries<1>(s, ij, j * dim + d, o + at + d);
+    ++ij;
+    j = j + 1 == s.n_out ? 0 : j + 1;
+  }
 }
 
 // The backward of one sample: gu [n_in, n_out, dim] in T from u and g = dL/dv; scratch of
@@ -161,38 +197,26 @@ static void backward_sample(const caps::GradArgs& a, const void* up, const void*
   }
   for (int64_t t = 0; t < P; ++t) gv[t] = static_cast<A>(g[t]);
   const int64_t r_first = a.detach_routing ? R - 1 : 0;
-  // gs^(R-1) from g; then for r = R-1 .. 1, one fused pass over u per iteration: per input
-  // capsule i, gc_ij = u_ij·gs^(r)_j, G^(r)_i = softmax vjp (+ G^(r+1)_i), and
-  // gv^(r-1)_j += G^(r)_ij u_ij; then gs^(r-1) = squash vjp of gv^(r-1).
+  // gs^(R-1) from g; then for r = R-1 .. 1, two passes over u per iteration: per input capsule
+  // i, gc_ij = u_ij·gs^(r)_j and G^(r)_i = softmax vjp (+ G^(r+1)_i); then
+  // gv^(r-1)_j = Σ_i G^(r)_ij u_ij, and gs^(r-1) = squash vjp of gv^(r-1).
   squash_vjp_rows(S + (R - 1) * P, gv, GS + (R - 1) * P, n_out, dim, k);
   for (int64_t r = R - 1; r > r_first; --r) {
     A* Gr = G + r * NN;
     const A* Gnext = r < R - 1 ? G + (r + 1) * NN : nullptr;
     const A* gs = GS + r * P;
-    for (int64_t t = 0; t < P; ++t) gv[t] = A(0);
     for (int64_t i = 0; i < n_in; ++i) {
-      const T* ui = u + i * P;
       A* gi = Gr + i * n_out;
-      row_dots(ui, gs, gi, false, 1, n_out, dim);
+      row_dots(u + i * P, gs, gi, false, 1, n_out, dim);
       caps::softmax_row_vjp(C + r * NN + i * n_out, gi, Gnext ? Gnext + i * n_out : nullptr, n_out);
-      weighted_sum_add(ui, gi, gv, n_out, dim);
     }
+    weighted_sum(u, Gr, gv, n_in, n_out, dim);
     squash_vjp_rows(S + (r - 1) * P, gv, GS + (r - 1) * P, n_out, dim, k);
   }
-  // du_ij = Σ_r c^(r)_ij gs^(r)_j + Σ_{r<R-1} G^(r+1)_ij v^(r)_j, vectorised over d in register
-  // rows of kDuChunk entries (a row kept in memory would chain every update through a store).
-  // Entries [e0, e0 + n) of the flat gu go to o; a block may start or end inside a row.
-  streaming::write_blocks(NN * dim, stream, gu, static_cast<T*>(nullptr), [&](int64_t e0, int64_t n, T* o, T*) {
-    for (int64_t e = e0; e < e0 + n;) {
-      const int64_t ij = e / dim, j = ij % n_out;
-      const int64_t d_end = std::min(e0 + n, (ij + 1) * dim) - ij * dim;
-      int64_t d = e - ij * dim;
-      for (; d + kDuChunk <= d_end; d += kDuChunk)
-        du_entries<kDuChunk>(C, G, GS, V, R, r_first, NN, P, ij, j * dim + d, o + (ij * dim + d - e0));
-      for (; d < d_end; ++d) du_entries<1>(C, G, GS, V, R, r_first, NN, P, ij, j * dim + d, o + (ij * dim + d - e0));
-      e = ij * dim + d_end;
-    }
-  });
+  // du, through the streaming blocks when the output is large enough
+  const DuSource<A> du{C, G, GS, V, R, r_first, NN, P, n_out, dim};
+  streaming::write_blocks(NN * dim, stream, gu, static_cast<T*>(nullptr),
+                          [&](int64_t e0, int64_t n, T* o, T*) { du_span(du, e0, n, o); });
   if (stream) streaming::fence();
 }
 
