@@ -122,11 +122,12 @@ template <typename A> KX_HOST_DEVICE void softmax_row(const A* in, A* out, int64
   if (n <= 0) return;
   A m = in[0];
   for (int64_t j = 1; j < n; ++j) m = in[j] > m ? in[j] : m;
-  // The exponentials as a loop of their own, so that the host runs them as one vector (inside the
-  // sum's loop they were a scalar call each); the sum keeps its sequential order.
-  KX_SIMD for (int64_t j = 0; j < n; ++j) out[j] = kx::exp(in[j] - m);
   A z = A(0);
-  for (int64_t j = 0; j < n; ++j) z += out[j];
+  for (int64_t j = 0; j < n; ++j) {
+    const A e = kx::exp(in[j] - m);
+    out[j] = e;
+    z += e;
+  }
   const A inv = A(1) / z;
   for (int64_t j = 0; j < n; ++j) out[j] *= inv;
 }
