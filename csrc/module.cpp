@@ -164,6 +164,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("bytes"),
       "Outputs of at least this many bytes are written with non-temporal stores by the CPU kernels "
       "that stream (diffusion steps, q_sample, the dynamic-routing backward). Returns the previous value.");
+  m.def("_streaming_copy_errors", &kx::cpu::streaming::active_copy_errors,
+        "Bytes that the streaming copy of the CPU instruction set in use gets wrong over every "
+        "destination offset and length up to a few lines (0 when it is right). For tests.");
   m.def("set_cpu_backend", &set_cpu_backend, py::arg("name"),
         "Which kernels serve CPU tensors: 'cpu' (the CPU kernels) or 'simt' (the CUDA kernels on the SIMT "
         "emulator, in builds that have it; CPU allocations are then poisoned with NaN). For tests.");

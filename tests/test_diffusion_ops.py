@@ -360,3 +360,30 @@ def test_zero_alpha_bar_is_refused_with_or_without_flushed_denormals(flush):
         assert torch.isfinite(D.q_sample(x, x, torch.tensor([0.5, 0.0], dtype=torch.float64))).all()
     finally:
         torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_per_sample_alpha_bar_out_of_range_anywhere_is_refused(flush):
+    # The range check runs over the whole [batch] tensor: a bad value at any position, first,
+    # inside or last, is refused; ᾱ = 0 only where zero is allowed (q_sample), and values just
+    # inside the range pass.
+    n = 17
+    x = torch.randn(n, 3)
+    if not torch.set_flush_denormal(flush):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        for bad in (float("nan"), -0.1, 1 + 1e-12, float("inf"), -float("inf")):
+            for pos in (0, 7, n - 1):
+                ab = torch.full((n,), 0.5, dtype=torch.float64)
+                ab[pos] = bad
+                with pytest.raises(RuntimeError, match="alpha_bar_t must be in"):
+                    D.ddim_step(x, x, ab, 0.5)
+                with pytest.raises(RuntimeError, match="alpha_bar must be in"):
+                    D.q_sample(x, x, ab)
+        edge = torch.full((n,), 0.5, dtype=torch.float64)
+        edge[3], edge[n - 1] = 1.0, 1e-6
+        assert torch.isfinite(D.ddim_step(x, x, edge, 0.5)).all()
+        edge[5] = 0.0
+        assert torch.isfinite(D.q_sample(x, x, edge)).all()
+    finally:
+        torch.set_flush_denormal(False)

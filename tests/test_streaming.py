@@ -9,7 +9,9 @@ import kexue
 from kexue.ops import ddim_step, ddpm_step, dynamic_routing, ode_heun_step, q_sample, reference_q_sample
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# per-sample sizes: shorter than one line, odd (misaligned starts), past a 16384-element chunk
+# per-sample sizes: shorter than one line (the steps and a one-ᾱ q_sample stream it; q_sample
+# with a ᾱ per sample runs such small samples whole, unstreamed), odd (misaligned starts), past a
+# 16384-element chunk
 SHAPES = ((5, 7), (3, 5001), (2, 40007))
 
 
@@ -22,11 +24,16 @@ def stream_everything():
 
 
 def both_paths(fn):
-    """fn() with plain stores, then with every output streamed."""
+    """fn() with plain stores, then with every output streamed. Before the streamed call, blocks
+    of the outputs' sizes are filled with NaN and freed, so that the streamed outputs are likely
+    to land on NaN rather than on a copy of the plain ones: an entry it fails to write shows."""
     before = kexue._C._set_cpu_stream_min_bytes(1 << 62)
     try:
         plain = fn()
         kexue._C._set_cpu_stream_min_bytes(0)
+        outputs = plain if isinstance(plain, (tuple, list)) else (plain,)
+        poison = [torch.full_like(p, float("nan")) for p in outputs]
+        del poison
         streamed = fn()
     finally:
         kexue._C._set_cpu_stream_min_bytes(before)
@@ -89,9 +96,10 @@ def test_default_threshold_streams_a_large_q_sample():
     assert kexue._C._set_cpu_stream_min_bytes(32 << 20) == 32 << 20
 
 
-@pytest.mark.parametrize("dim", [16, 5])
+@pytest.mark.parametrize("dim", [16, 5, 20, 33])
 def test_streamed_routing_gradient_equals_plain_one(dim, restore_cpu_isa):
-    # dim 5: rows of 5 entries, so the 256-byte blocks start and end inside rows
+    # dim 16: whole rows per block; 5: blocks start and end inside rows, with no 16-wide chunk;
+    # 20 and 33: a block starting inside a row is followed by 16-wide chunks at unaligned entries
     g = torch.Generator().manual_seed(5)
     for isa in kexue._C.cpu_isas():
         kexue._C.set_cpu_isa(isa)
@@ -103,6 +111,13 @@ def test_streamed_routing_gradient_equals_plain_one(dim, restore_cpu_isa):
                     return torch.autograd.grad(dynamic_routing(u, 3, detach_routing=detach), u, gv)[0]
 
                 assert_identical(*both_paths(grad), f"{isa} {dtype} dim {dim} detach {detach}")
+
+
+def test_streaming_copy_at_every_offset_and_length(restore_cpu_isa):
+    # The ops' outputs start on a cache line, so only this reaches the unaligned head and tail.
+    for isa in kexue._C.cpu_isas():
+        kexue._C.set_cpu_isa(isa)
+        assert kexue._C._streaming_copy_errors() == 0, isa
 
 
 def test_threshold_rejects_a_negative_size():

@@ -33,10 +33,11 @@ static inline void weighted_sum_entries(const T* u, const A* w, A* s, int64_t n_
                                         int64_t j0, int64_t d0) {
   A acc[G][W];
   for (int g = 0; g < G; ++g) KX_SIMD for (int k = 0; k < W; ++k) acc[g][k] = A(0);
-  const T* x = u + j0 * dim + d0;
-  const A* c = w + j0;
-  for (int64_t i = 0; i < n_in; ++i, x += n_out * dim, c += n_out)
+  for (int64_t i = 0; i < n_in; ++i) {
+    const T* x = u + (i * n_out + j0) * dim + d0;
+    const A* c = w + i * n_out + j0;
     for (int g = 0; g < G; ++g) KX_SIMD for (int k = 0; k < W; ++k) acc[g][k] += c[g] * static_cast<A>(x[g * dim + k]);
+  }
   for (int g = 0; g < G; ++g) KX_SIMD for (int k = 0; k < W; ++k) s[(j0 + g) * dim + d0 + k] = acc[g][k];
 }
 
@@ -167,8 +168,8 @@ static __attribute__((noinline)) void du_span(const DuSource<A>& s, int64_t e0, 
   int64_t ij = e0 / dim, j = ij % s.n_out, d = e0 - ij * dim;
   for (int64_t at = -d; at < n; at += dim, d = 0) {  // o[at + d] is entry d of row ij
     const int64_t d_end = std::min(dim, n - at);
-    for (; d + kDuChunk <= d_end; d += kDuChunk) du_entries<kDuChunk>(s, ij, j * dim + d, o + at + d);
-    for (; d < d_end; ++d) du_entries<1>(s, ij, j * dim + d, o + at + d);
+    for (; d + kDuChunk <= d_end; d += kDuChunk) du_entries<kDuChunk>(s, ij, j * dim + d, o + (at + d));
+    for (; d < d_end; ++d) du_entries<1>(s, ij, j * dim + d, o + (at + d));
     ++ij;
     j = j + 1 == s.n_out ? 0 : j + 1;
   }

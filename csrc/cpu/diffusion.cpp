@@ -98,6 +98,16 @@ template <typename Args> Args flattened(const Args& a, bool same_for_all) {
 
 }  // namespace
 
+int64_t streaming::active_copy_errors() {
+  switch (active_isa()) {
+#ifdef KEXUE_CPU_MULTI_ISA
+    case Isa::Avx512: return avx512::streaming_copy_errors();
+    case Isa::Avx2: return avx2::streaming_copy_errors();
+#endif
+    default: return base::streaming_copy_errors();
+  }
+}
+
 void diffusion_step(const diff::StepArgs& a) {
   const diffloops::StepFn fn = step_fn(a);
   const bool same = a.rule == diff::Rule::DDPM ? (a.t_ptr == nullptr || a.t_stride == 0)

@@ -161,6 +161,7 @@ template <typename T> static StepFn step_fn(const diff::StepArgs& a) {
   diffloops::StepFn diffusion_step_fn(const diff::StepArgs& a);       \
   diffloops::QSampleFn q_sample_fn(DType dtype);                      \
   diffloops::QSampleSamplesFn q_sample_samples_fn(DType dtype);       \
+  int64_t streaming_copy_errors();                                   \
   }
 KX_DECLARE_DIFFUSION_ISA(base)
 KX_DECLARE_DIFFUSION_ISA(avx2)

@@ -18,6 +18,8 @@ diffloops::QSampleSamplesFn q_sample_samples_fn(DType dtype) {
   return dtype == DType::F64 ? &diffloops::q_sample_samples<double> : &diffloops::q_sample_samples<float>;
 }
 
+int64_t streaming_copy_errors() { return streaming::copy_errors(); }
+
 }  // namespace KX_ISA_NS
 }  // namespace cpu
 }  // namespace kx
