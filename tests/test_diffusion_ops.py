@@ -387,3 +387,45 @@ def test_per_sample_alpha_bar_out_of_range_anywhere_is_refused(flush):
         assert torch.isfinite(D.q_sample(x, x, edge)).all()
     finally:
         torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_repeated_per_sample_value_runs_as_one_and_changes_nothing(dtype):
+    # A [batch] ᾱ or t of one repeated value (torch.full((B,), t) in a sampling loop) runs as the
+    # one-value case on the CPU: the same outputs as the scalar call, noise included. With one
+    # sample different, the others still get exactly those outputs (the per-sample path).
+    B, n = 37, 3
+    x, eps, z = data((B, n), "cpu", dtype)
+    ac = linear_abar()
+
+    def gen():
+        return torch.Generator().manual_seed(5)
+
+    def with_last(value, last):
+        v = torch.full((B,), value, dtype=torch.float64)
+        v[-1] = last
+        return v
+
+    cases = [
+        (lambda ab, abp: D.ddim_step(x, eps, ab, abp, eta=1.0, generator=gen()), 0.3, 0.55, 0.8),
+        (lambda ab, abp: D.ddim_step(x, eps, ab, abp, clip_x0=1.0, return_x0=True), 0.3, 0.55, 0.8),
+        (lambda ab, abp: D.ode_euler_step(x, eps, ab, abp), 0.3, 0.55, 0.8),
+        (lambda ab, abp: D.q_sample(x, eps, ab), 0.3, None, 0.8),
+    ]
+    for fn, ab, abp, other in cases:
+        scalar = fn(ab, abp)
+        repeated = fn(torch.full((B,), ab, dtype=torch.float64),
+                      None if abp is None else torch.full((B,), abp, dtype=torch.float64))
+        mixed = fn(with_last(ab, other), None if abp is None else torch.full((B,), abp, dtype=torch.float64))
+        scalar, repeated, mixed = (t if isinstance(t, tuple) else (t,) for t in (scalar, repeated, mixed))
+        for s, r, m in zip(scalar, repeated, mixed):
+            assert torch.equal(s, r)
+            assert torch.equal(s[:-1], m[:-1])
+            assert not torch.equal(s[-1], m[-1])
+    t = torch.full((B,), 500)
+    t_mixed = t.clone()
+    t_mixed[-1] = 20
+    scalar = D.ddpm_step(x, eps, 500, ac, generator=gen())
+    assert torch.equal(D.ddpm_step(x, eps, t, ac, generator=gen()), scalar)
+    mixed = D.ddpm_step(x, eps, t_mixed, ac, generator=gen())
+    assert torch.equal(mixed[:-1], scalar[:-1]) and not torch.equal(mixed[-1], scalar[-1])
