@@ -24,6 +24,10 @@ struct Loops {
                    void* scratch, bool stream);
 };
 
+// Entries per register row in the loops below: one AVX-512 vector of floats (a capsule's dim is
+// typically 16), two AVX2 ones.
+constexpr int kRowLanes = 16;
+
 // Entries [d0, d0 + W) of s[j] for the G output capsules j0 .. j0 + G - 1: s[j, d] = Σ_i w[i, j]
 // u[i, j, d], summed over i in order in register rows. G rows at once, so that G independent
 // sums hide the FMA latency (one at a time, each waited on the last); rows in memory instead
@@ -43,11 +47,10 @@ static inline void weighted_sum_entries(const T* u, const A* w, A* s, int64_t n_
 
 // s[j, :] = Σ_i w[i, j] u[i, j, :], each entry summed over i in order (as adding row after row
 // of c_ij u_ij would).
-constexpr int kSumChunk = 16;
 template <int G, typename T, typename A>
 static void weighted_sum_rows(const T* u, const A* w, A* s, int64_t n_in, int64_t n_out, int64_t dim, int64_t j) {
   int64_t d = 0;
-  for (; d + kSumChunk <= dim; d += kSumChunk) weighted_sum_entries<G, kSumChunk>(u, w, s, n_in, n_out, dim, j, d);
+  for (; d + kRowLanes <= dim; d += kRowLanes) weighted_sum_entries<G, kRowLanes>(u, w, s, n_in, n_out, dim, j, d);
   for (; d < dim; ++d) weighted_sum_entries<G, 1>(u, w, s, n_in, n_out, dim, j, d);
 }
 
@@ -96,8 +99,8 @@ static void route(const T* u, int64_t R, Squash sq, int64_t n_in, int64_t n_out,
     A* cr = c_hist ? c_hist + r * NN : c;
     A* sr = s_hist ? s_hist + r * P : s;
     A* vr = v_hist ? v_hist + r * P : v;
-    if (r == 0) {  // softmax of zero logits: 1/n_out everywhere, as the CUDA kernel has it
-      const A uniform = A(1) / static_cast<A>(n_out);
+    if (r == 0) {
+      const A uniform = caps::first_coupling<A>(n_out);
       for (int64_t t = 0; t < NN; ++t) cr[t] = uniform;
     } else {
       const A* vp = v_hist ? v_hist + (r - 1) * P : v;  // v of the previous iteration
@@ -140,7 +143,6 @@ template <typename A> struct DuSource {
 
 // W entries of du_ij from entry jd = j·dim + d0 of the capsule states, summed in a register row
 // (a row kept in memory would chain every update through a store).
-constexpr int kDuChunk = 16;
 template <int W, typename T, typename A>
 static inline void du_entries(const DuSource<A>& s, int64_t ij, int64_t jd, T* out) {
   A acc[W];
@@ -168,7 +170,7 @@ static __attribute__((noinline)) void du_span(const DuSource<A>& s, int64_t e0, 
   int64_t ij = e0 / dim, j = ij % s.n_out, d = e0 - ij * dim;
   for (int64_t at = -d; at < n; at += dim, d = 0) {  // o[at + d] is entry d of row ij
     const int64_t d_end = std::min(dim, n - at);
-    for (; d + kDuChunk <= d_end; d += kDuChunk) du_entries<kDuChunk>(s, ij, j * dim + d, o + (at + d));
+    for (; d + kRowLanes <= d_end; d += kRowLanes) du_entries<kRowLanes>(s, ij, j * dim + d, o + (at + d));
     for (; d < d_end; ++d) du_entries<1>(s, ij, j * dim + d, o + (at + d));
     ++ij;
     j = j + 1 == s.n_out ? 0 : j + 1;

@@ -56,10 +56,6 @@ loops::BackwardFn backward_fn(const coupling::GradArgs& a) {
   }
 }
 
-size_t elem_size(DType d) {
-  return d == DType::F64 ? 8 : d == DType::F32 ? 4 : 2;
-}
-
 struct Tiling {
   int64_t chunks;  // tasks per sample
   int64_t grain;   // tasks a thread takes at least

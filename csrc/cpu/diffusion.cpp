@@ -80,7 +80,7 @@ template <typename F> void for_each_chunk(int64_t batch, int64_t per_sample, F f
 
 // Bytes of `outputs` tensors shaped like the op's input.
 template <typename Args> int64_t output_bytes(const Args& a, int outputs) {
-  return outputs * a.batch * a.per_sample * static_cast<int64_t>(dtype_size(a.dtype));
+  return outputs * a.batch * a.per_sample * static_cast<int64_t>(elem_size(a.dtype));
 }
 
 // Whether every sample has the same value: one value, or a [batch] tensor of one repeated value

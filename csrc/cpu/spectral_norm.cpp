@@ -34,8 +34,6 @@ int64_t tasks_of(int64_t rows, int64_t cols) {
   return std::max<int64_t>(1, (rows + r - 1) / r);
 }
 
-size_t elem_size(DType d) { return d == DType::F64 ? 8 : d == DType::F32 ? 4 : 2; }
-
 snloops::Loops loops_for(DType d) {
   switch (d) {
     case DType::F16: return snloops::make_loops<c10::Half>();

@@ -13,7 +13,8 @@ template <> struct TypeMap<DType::F64> { using type = double; };
 template <> struct TypeMap<DType::F16> { using type = c10::Half; };
 template <> struct TypeMap<DType::BF16> { using type = c10::BFloat16; };
 
-inline int64_t dtype_size(DType d) { return d == DType::F64 ? 8 : d == DType::F32 ? 4 : 2; }
+// Bytes of one element of each storage type.
+inline size_t elem_size(DType d) { return d == DType::F64 ? 8 : d == DType::F32 ? 4 : 2; }
 
 // Work split that depends only on the problem size, never on the thread count, so the partial
 // sums (and so every reduction) are bitwise reproducible on any machine.

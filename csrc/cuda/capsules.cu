@@ -98,7 +98,7 @@ __device__ void route(const T* u, int64_t R, Squash sq, int64_t n_in, int64_t n_
   const int64_t NN = n_in * n_out, P = n_out * dim;
   const A k = caps::squash_k<A>(sq);
   for (int64_t t = threadIdx.x; t < NN; t += kThreads) logits[t] = A(0);
-  const A uniform = A(1) / static_cast<A>(n_out);
+  const A uniform = caps::first_coupling<A>(n_out);
   for (int64_t r = 0; r < R; ++r) {
     A* cr = hist ? C + r * NN : C;
     A* sr = hist ? S + r * P : S;

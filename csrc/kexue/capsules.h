@@ -117,6 +117,10 @@ template <typename A> KX_HOST_DEVICE void squash_vjp_row(const A* s, const A* g,
   }
 }
 
+// The couplings of the first iteration, softmax of all-zero logits: 1/n_out, exactly what
+// softmax_row gives for them (exp(0) = 1, and n_out ones sum exactly).
+template <typename A> KX_HOST_DEVICE A first_coupling(int64_t n_out) { return A(1) / static_cast<A>(n_out); }
+
 // out[j] = softmax(in)[j] over n entries (max-subtracted). in and out may alias.
 template <typename A> KX_HOST_DEVICE void softmax_row(const A* in, A* out, int64_t n) {
   if (n <= 0) return;
